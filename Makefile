@@ -1,0 +1,73 @@
+# lmforge: every target sets itself up (creates .venv and installs) when needed.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PRESET ?= tiny
+SET    ?=
+# CPU-only machines get this torch build first (pip finds it in a local wheel folder or an index);
+# point TORCH_INDEX at https://download.pytorch.org/whl/cpu on a machine that has no local wheel.
+TORCH_CPU   ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP := $(BIN)/pip --disable-pip-version-check
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+SET_ARGS := $(foreach kv,$(SET),--set $(kv))
+ARTIFACTS ?= $(or $(LMFORGE_ARTIFACTS),artifacts)
+
+.PHONY: install test test-slow test-all pipeline data stage ui lint format clean show-config bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "GPU found: installing the default (CUDA) torch build"; \
+	else \
+	  echo "No GPU: installing the CPU torch build ($(TORCH_CPU))"; \
+	  $(PIP) install -q "$(TORCH_CPU)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) 2>&1 | $(QUIET_PIP); \
+	fi
+	@echo "Installing lmforge and its dependencies into $(VENV)"
+	@$(PIP) install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	@$(BIN)/python -c "import torch, prefect, mlflow, trl, peft, datasketch; print('torch', torch.__version__, '| prefect', prefect.__version__, '| mlflow', mlflow.__version__, '| trl', trl.__version__)"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+pipeline: $(STAMP)
+	$(BIN)/lmforge run --preset $(PRESET) $(SET_ARGS)
+
+data: $(STAMP)
+	$(BIN)/lmforge run --flow data --preset $(PRESET) $(SET_ARGS)
+
+stage: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make stage NAME=dedup [PRESET=tiny] [SET='k=v ...']"; exit 2; }
+	$(BIN)/lmforge stage $(NAME) --preset $(PRESET) $(SET_ARGS)
+
+show-config: $(STAMP)
+	$(BIN)/lmforge show-config --preset $(PRESET) $(SET_ARGS)
+
+ui: $(STAMP)
+	@mkdir -p $(ARTIFACTS)
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(ARTIFACTS))/mlflow.db} \
+	  --default-artifact-root $(abspath $(ARTIFACTS))/mlruns --host 127.0.0.1 --port $${PORT:-5000}
+
+lint: $(STAMP)
+	$(BIN)/ruff check conf tasks flows tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format conf tasks flows tests bench
+	$(BIN)/ruff check --fix conf tasks flows tests bench
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache *.egg-info build dist
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,40 @@
+"""`PipelineConfig`: the whole lifecycle's configuration, one typed section per stage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from conf.collect import CollectConfig
+from conf.dedup import DedupConfig
+
+
+class TrackingConfig(BaseModel):
+    """Where MLflow records runs. Unset values fall back to an embedded store under the artifacts root."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else SQLite under artifacts."
+    )
+    experiment: str = "lmforge"
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field("lmforge", description="Run name prefix shown in MLflow and Prefect.")
+    preset: str = Field("custom", description="Preset this config was built from (informational).")
+    artifacts_root: str | None = Field(
+        None, description="Where stage folders live; default: $LMFORGE_ARTIFACTS, else ./artifacts."
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+
+    def resolved_artifacts_root(self) -> Path:
+        root = self.artifacts_root or os.environ.get("LMFORGE_ARTIFACTS") or "artifacts"
+        return Path(root).expanduser().resolve()

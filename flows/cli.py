@@ -1,0 +1,125 @@
+"""`lmforge` command line: run the lifecycle or one stage, show the config, and standalone data tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="preset in conf/presets (default: tiny)")
+    p.add_argument("--config", help="YAML file merged over the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set dedup.normalize=false (repeatable)")
+
+
+def _load(args: argparse.Namespace):
+    from conf.loader import load_config
+
+    overrides = [o for item in args.overrides for o in item.split()] if args.overrides else []
+    return load_config(args.preset, args.config, overrides)
+
+
+def _prefect_env() -> None:
+    """Quiet defaults for a local run: no analytics; ephemeral server unless PREFECT_API_URL is set."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def print_summary(run, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.stages import STAGES
+
+    console = console or Console()
+    table = Table(title="lmforge pipeline")
+    for col in ("stage", "status", "seconds", "key figure", "folder"):
+        table.add_column(col)
+    for name, r in run.results.items():
+        table.add_row(name, r.status, f"{r.seconds:.1f}", r.key_figure(STAGES[name].key_figure), r.manifest.path)
+    if run.failed_stage:
+        table.add_row(run.failed_stage, "[red]failed[/red]", "", "", "")
+    console.print(table)
+    console.print(f"total {run.seconds:.1f}s; MLflow run {run.run_id}")
+    if run.error:
+        console.print(f"[red]{run.failed_stage} failed:[/red] {run.error}")
+    uri = run.tracking_uri
+    console.print(f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)")
+
+
+def cmd_run(args: argparse.Namespace, targets: list[str] | None = None) -> int:
+    cfg = _load(args)
+    _prefect_env()
+    from flows.lifecycle import FLOWS
+    from flows.runner import PipelineRun
+
+    flow_fn = FLOWS[getattr(args, "flow", None) or "lifecycle"]
+    holder: dict[str, PipelineRun] = {}
+    try:
+        if flow_fn.name == "lifecycle":
+            run = flow_fn(cfg, targets)
+        else:
+            run = flow_fn(cfg)
+        holder["run"] = run
+    except Exception as e:  # the flow failed: show what finished and why it stopped
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print_summary(holder["run"])
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    return cmd_run(args, targets=[args.name])
+
+
+def cmd_show_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    cfg = _load(args)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the whole lifecycle (or a sub-flow) with caching")
+    _config_args(p)
+    p.add_argument("--flow", default="lifecycle", help="lifecycle (default) or a sub-flow: data, ...")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stage", help="run one stage, with its upstream stages from cache")
+    p.add_argument("name")
+    _config_args(p)
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("show-config", help="print the resolved configuration")
+    _config_args(p)
+    p.set_defaults(func=cmd_show_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from conf.loader import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Turns registered stages into Prefect tasks and runs a plan of them under one MLflow parent run.
+
+Each stage is a Prefect task whose cache key is the stage's content hash. Results are persisted under
+`<artifacts_root>/.prefect-results`, and a stage whose folder is missing or unfinished on disk is
+always re-run (`refresh_cache`), so the Prefect cache can never point at deleted outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.tasks import Task
+
+from conf.schema import PipelineConfig
+from flows.stages import STAGES, plan
+from tasks.common.artifacts import Manifest, sha256_text, stage_dir
+from tasks.common.stage import StageResult, StageSpec, finished_manifest, record_cached, run_stage
+from tasks.common.tracking import MetricLogger, Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackingHandle:
+    """What a task needs to reach the pipeline's MLflow run (plain strings: safe to pass to workers)."""
+
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri, self.experiment)
+
+
+def _cache_key(context: TaskRunContext, parameters: dict) -> str:
+    spec: StageSpec = STAGES[context.task.name]
+    cfg: PipelineConfig = parameters["config"]
+    root = str(cfg.resolved_artifacts_root())
+    return f"lmforge-{spec.name}-{spec.hash_for(cfg, parameters['inputs'])}-{sha256_text(root)[:8]}"
+
+
+def _run_stage_task(config: PipelineConfig, inputs: dict[str, Manifest], tracking: TrackingHandle) -> StageResult:
+    from prefect.context import get_run_context
+
+    spec = STAGES[get_run_context().task.name]
+    return run_stage(
+        spec, config, inputs, config.resolved_artifacts_root(), tracking.tracker(), tracking.parent_run_id
+    )
+
+
+def stage_task(spec: StageSpec, root: Path) -> Task:
+    return task(
+        _run_stage_task,
+        name=spec.name,
+        task_run_name=f"{spec.name}",
+        retries=spec.retries,
+        retry_delay_seconds=2,
+        cache_key_fn=_cache_key,
+        persist_result=True,
+        result_storage=root / ".prefect-results",
+    )
+
+
+@dataclass
+class PipelineRun:
+    """The outcome of a pipeline run, for the summary table and for callers."""
+
+    run_id: str | None
+    tracking_uri: str
+    results: dict[str, StageResult] = field(default_factory=dict)
+    seconds: float = 0.0
+    failed_stage: str | None = None
+    error: str | None = None
+
+    def manifests(self) -> dict[str, Manifest]:
+        return {name: r.manifest for name, r in self.results.items()}
+
+
+def run_pipeline(config: PipelineConfig, targets: list[str] | None = None, run_name: str | None = None) -> PipelineRun:
+    """Run the stages `targets` need, each through its Prefect task, under one MLflow parent run."""
+    started = time.perf_counter()
+    stages = plan(targets)
+    root = config.resolved_artifacts_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker.for_pipeline(root, config.tracking.tracking_uri, config.tracking.experiment)
+    parent = tracker.start_pipeline(
+        run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        params=config.model_dump(mode="json"),
+        tags={"lmforge.preset": config.preset, "lmforge.stages": ",".join(stages), "lmforge.artifacts_root": root},
+    )
+    handle = TrackingHandle(tracker.tracking_uri, config.tracking.experiment, parent.run_id)
+    run = PipelineRun(parent.run_id, tracker.tracking_uri)
+    status = "FAILED"
+    try:
+        for name in stages:
+            spec = STAGES[name]
+            inputs = {up: run.results[up].manifest for up in spec.inputs}
+            done = finished_manifest(stage_dir(root, name, spec.hash_for(config, inputs)))
+            t0 = time.perf_counter()
+            state = stage_task(spec, root).with_options(refresh_cache=done is None)(
+                config, inputs, handle, return_state=True
+            )
+            try:
+                result: StageResult = state.result()
+            except BaseException as e:
+                run.failed_stage, run.error = name, f"{type(e).__name__}: {e}"
+                raise
+            if state.name == "Cached":
+                result = StageResult(result.manifest, "cached", time.perf_counter() - t0)
+                result.run_id = record_cached(tracker, parent.run_id, spec, result.manifest, inputs)
+            run.results[name] = result
+        status = "FINISHED"
+    finally:
+        run.seconds = time.perf_counter() - started
+        _log_summary(parent, run)
+        tracker.end(parent, status)
+    return run
+
+
+def _log_summary(parent: MetricLogger, run: PipelineRun) -> None:
+    rows = []
+    for name, r in run.results.items():
+        parent.set_tags({f"lmforge.stage.{name}.run_id": r.run_id, f"lmforge.stage.{name}.hash": r.manifest.stage_hash})
+        parent.log_metrics({f"stage_seconds/{name}": r.seconds})
+        rows.append({"stage": name, "status": r.status, "seconds": round(r.seconds, 2), "hash": r.manifest.stage_hash,
+                     "path": r.manifest.path})
+    parent.log_metrics({"pipeline_seconds": run.seconds, "stages_ran": sum(r.status == "ran" for r in run.results.values()),
+                        "stages_cached": sum(r.status == "cached" for r in run.results.values())})
+    if rows:
+        parent.log_dict(rows, "pipeline/stages.json")

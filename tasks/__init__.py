@@ -1,0 +1,1 @@
+"""Lifecycle stages: plain functions that know nothing of Prefect (see flows/ for the wiring)."""

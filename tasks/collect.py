@@ -1,0 +1,232 @@
+"""Stage `collect`: gather documents from the configured sources and mix them.
+
+The default source, `pydocs`, is the built-in offline corpus: docstrings of the Python standard
+library (and optionally installed packages) read with `ast` from the `.py` files, never imported.
+Its metadata (`package, module, qualname, kind, signature, path, lineno`) also feeds the alignment
+data later in the lifecycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import logging
+import sysconfig
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conf.collect import CollectConfig, PydocsSource
+from tasks.common.artifacts import Manifest
+from tasks.common.data import Document, ShardWriter
+from tasks.common.stage import StageReport
+from tasks.common.tracking import MetricLogger
+
+log = logging.getLogger(__name__)
+STAGE_VERSION = 1
+
+SKIP_DIRS = {"test", "tests", "__pycache__", "site-packages", "dist-packages", "idle_test", "lib2to3"}
+
+
+class CollectError(RuntimeError):
+    """A source could not be read and `on_error: fail` is set, or nothing was collected."""
+
+
+@dataclass
+class SourceStats:
+    """Per-source bookkeeping that ends up in the manifest."""
+
+    docs: int = 0
+    chars: int = 0
+    decode_replacements: int = 0
+    rejects: Counter = field(default_factory=Counter)
+
+
+# ---------------------------------------------------------------------------------------------
+# pydocs: docstrings via ast
+
+
+def package_roots(packages: list[str]) -> list[tuple[str, Path]]:
+    """(package label, folder or file) for 'stdlib' and installed top-level packages, without importing."""
+    import importlib.util
+
+    roots: list[tuple[str, Path]] = []
+    for name in packages:
+        if name == "stdlib":
+            roots.append(("stdlib", Path(sysconfig.get_paths()["stdlib"])))
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise CollectError(f"collect.sources[pydocs].packages: package {name!r} is not installed")
+        if spec.submodule_search_locations:
+            roots.append((name, Path(next(iter(spec.submodule_search_locations)))))
+        elif spec.origin and spec.origin.endswith(".py"):
+            roots.append((name, Path(spec.origin)))
+    return roots
+
+
+def module_files(label: str, root: Path, include_private: bool) -> Iterator[tuple[str, Path]]:
+    """(dotted module name, path) in sorted, deterministic order."""
+    if root.is_file():
+        yield root.stem, root
+        return
+    base = root.name if label != "stdlib" else ""
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if any(part in SKIP_DIRS for part in rel.parts[:-1]):
+            continue
+        parts = list(rel.with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if not include_private and any(p.startswith("_") and p != "__main__" for p in parts):
+            continue
+        if parts and parts[-1] == "__main__":
+            continue
+        module = ".".join([base, *parts] if base else parts) or base
+        if module:
+            yield module, path
+
+
+def _signature(node: ast.AST) -> str:
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return f"({ast.unparse(node.args)})"
+    if isinstance(node, ast.ClassDef):
+        bases = ", ".join(ast.unparse(b) for b in node.bases)
+        return f"({bases})" if bases else ""
+    return ""
+
+
+def docstrings(tree: ast.Module, include_private: bool) -> Iterator[tuple[str, str, ast.AST, str]]:
+    """(qualname, kind, node, docstring) for the module, its classes, functions and methods."""
+    doc = ast.get_docstring(tree, clean=True)
+    if doc:
+        yield "", "module", tree, doc
+
+    def walk(body: list[ast.stmt], prefix: str) -> Iterator[tuple[str, str, ast.AST, str]]:
+        for node in body:
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            if not include_private and node.name.startswith("_"):
+                continue
+            qualname = f"{prefix}{node.name}"
+            kind = "class" if isinstance(node, ast.ClassDef) else ("method" if prefix else "function")
+            d = ast.get_docstring(node, clean=True)
+            if d:
+                yield qualname, kind, node, d
+            if isinstance(node, ast.ClassDef):
+                yield from walk(node.body, f"{qualname}.")
+
+    yield from walk(tree.body, "")
+
+
+def read_python(path: Path, stats: SourceStats) -> str:
+    """Source text; undecodable bytes are replaced (and counted) rather than dropping the file."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        stats.decode_replacements += text.count("\ufffd")
+        return text
+
+
+def pydocs_documents(src: PydocsSource, on_error: str, stats: SourceStats) -> Iterator[Document]:
+    seen: set[str] = set()
+    for label, root in package_roots(src.packages):
+        for module, path in module_files(label, root, src.include_private):
+            try:
+                tree = ast.parse(read_python(path, stats), filename=str(path))
+            except (SyntaxError, ValueError, OSError) as e:
+                if on_error == "fail":
+                    raise CollectError(f"{path}: cannot parse ({e}); set collect.on_error=skip to skip it") from e
+                log.warning("skipping %s: %s", path, e)
+                stats.rejects["unparseable_file"] += 1
+                continue
+            for qualname, kind, node, text in docstrings(tree, src.include_private):
+                if len(text) < src.min_chars:
+                    stats.rejects["too_short"] += 1
+                    continue
+                doc_id = f"pydocs:{module}:{qualname}" if qualname else f"pydocs:{module}"
+                if doc_id in seen:  # the same name defined twice (e.g. per-platform branches)
+                    doc_id = f"{doc_id}@{getattr(node, 'lineno', 1)}"
+                seen.add(doc_id)
+                yield Document(
+                    id=doc_id,
+                    text=text,
+                    source=src.label,
+                    meta={
+                        "package": label,
+                        "module": module,
+                        "qualname": qualname,
+                        "kind": kind,
+                        "signature": _signature(node),
+                        "path": str(path),
+                        "lineno": getattr(node, "lineno", 1),
+                    },
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# mixing
+
+
+SOURCE_READERS = {"pydocs": pydocs_documents}
+
+
+def _rank(doc_id: str) -> str:
+    """A stable pseudo-random rank, so a capped source keeps a spread sample, not its first files."""
+    return hashlib.sha1(doc_id.encode("utf-8")).hexdigest()
+
+
+def take(docs: list[Document], cap: int | None) -> list[Document]:
+    """At most `cap` documents chosen by id hash, kept in their original order."""
+    if cap is None or len(docs) <= cap:
+        return docs
+    keep = {d.id for d in sorted(docs, key=lambda d: _rank(d.id))[:cap]}
+    return [d for d in docs if d.id in keep]
+
+
+def quotas(cfg: CollectConfig) -> list[int | None]:
+    """Each source's cap: its own `max_docs`, and its weighted share of the total cap."""
+    total_weight = sum(s.weight for s in cfg.sources)
+    caps: list[int | None] = []
+    for s in cfg.sources:
+        share = int(cfg.max_docs * s.weight / total_weight) if cfg.max_docs else None
+        caps.append(min(c for c in (s.max_docs, share) if c is not None) if (s.max_docs or share) else None)
+    return caps
+
+
+def collect(cfg: CollectConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
+    counts: dict[str, int] = {}
+    metrics: dict[str, float] = {}
+    per_source: dict[str, dict] = {}
+    with ShardWriter(out, cfg.shard_docs) as writer:
+        for src, cap in zip(cfg.sources, quotas(cfg), strict=True):
+            stats = SourceStats()
+            docs = take(list(SOURCE_READERS[src.kind](src, cfg.on_error, stats)), cap)
+            for doc in docs:
+                writer.write(doc)
+                stats.docs += 1
+                stats.chars += len(doc.text)
+            per_source[src.label] = {
+                "docs": stats.docs,
+                "chars": stats.chars,
+                "decode_replacements": stats.decode_replacements,
+                "rejects": dict(stats.rejects),
+            }
+            counts[f"docs_{src.label}"] = stats.docs
+            counts[f"chars_{src.label}"] = stats.chars
+            for reason, n in stats.rejects.items():
+                counts[f"rejected_{src.label}_{reason}"] = n
+            counts["decode_replacements"] = counts.get("decode_replacements", 0) + stats.decode_replacements
+        if writer.count == 0:
+            raise CollectError(
+                "collect produced no documents: check collect.sources (paths, globs, min_chars, max_docs)"
+            )
+        counts["documents"] = writer.count
+        counts["chars"] = writer.chars
+    metrics["mean_doc_chars"] = counts["chars"] / counts["documents"]
+    log_.log_dict(per_source, "collect/sources.json")
+    log.info("collected %d documents (%d chars) from %d sources", writer.count, writer.chars, len(cfg.sources))
+    return StageReport(counts=counts, metrics=metrics, extra={"sources": per_source})

@@ -1,0 +1,1 @@
+"""What every stage shares: manifests and content hashes, MLflow tracking, document shards."""

@@ -1,0 +1,204 @@
+"""The stage contract and the Prefect-free runner that gives a stage its folder, cache and run.
+
+A stage is a plain function::
+
+    def dedup(cfg: DedupConfig, inputs: dict[str, Manifest], out: Path, log: MetricLogger) -> StageReport
+
+It reads only its inputs' files, writes only under `out`, reports through `log`, and returns its
+counts and metrics. The runner hashes, locks, cleans half-written folders, opens the MLflow child
+run, writes the manifest last, and applies the stage's quality gate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conf.base import StageConfig
+from tasks.common.artifacts import (
+    MANIFEST_NAME,
+    Manifest,
+    read_manifest,
+    stage_dir,
+    stage_hash,
+    verify_manifest,
+    write_manifest,
+)
+from tasks.common.tracking import MetricLogger, Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageReport:
+    """What a stage function returns; the runner turns it into the manifest."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class QualityGateError(RuntimeError):
+    """A stage finished but its output failed a configured quality gate."""
+
+
+StageFn = Callable[[Any, dict[str, Manifest], Path, MetricLogger], StageReport]
+GateFn = Callable[[Any, Manifest], str | None]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How the pipeline knows a stage: its function, config section, upstream stages and version."""
+
+    name: str
+    fn: StageFn
+    config_key: str
+    inputs: tuple[str, ...] = ()
+    version: int = 1
+    retries: int = 0
+    resumable: bool = False  # keep an unfinished folder so the stage can resume from its checkpoints
+    key_figure: str | None = None  # a count or metric shown in the pipeline's summary table
+    gate: GateFn | None = None  # returns a failure message when the output is not good enough
+
+    def config_of(self, pipeline_cfg: Any) -> StageConfig:
+        return getattr(pipeline_cfg, self.config_key)
+
+    def hash_for(self, pipeline_cfg: Any, inputs: dict[str, Manifest]) -> str:
+        return stage_hash(self.name, self.version, self.config_of(pipeline_cfg).result_fields(), inputs)
+
+
+@dataclass
+class StageResult:
+    manifest: Manifest
+    status: str  # "ran" | "cached"
+    seconds: float
+    run_id: str | None = None
+
+    def key_figure(self, name: str | None) -> str:
+        if not name:
+            return ""
+        m = self.manifest
+        value = m.counts.get(name, m.metrics.get(name))
+        if value is None:
+            return ""
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+        return f"{name}={shown}"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock beside the stage folder, so two pipelines never build the same folder at once."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def finished_manifest(folder: Path) -> Manifest | None:
+    """The manifest of a finished, intact stage folder, or None."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    problems = verify_manifest(manifest)
+    if problems:
+        log.warning("stage folder %s no longer matches its manifest (%s); rebuilding", folder, "; ".join(problems))
+        (folder / MANIFEST_NAME).unlink()
+        return None
+    return manifest
+
+
+def check_gate(spec: StageSpec, cfg: StageConfig, manifest: Manifest) -> None:
+    if spec.gate is None:
+        return
+    message = spec.gate(cfg, manifest)
+    if message:
+        raise QualityGateError(f"quality gate '{spec.name}' failed: {message} (stage folder {manifest.path})")
+
+
+def run_stage(
+    spec: StageSpec,
+    pipeline_cfg: Any,
+    inputs: dict[str, Manifest],
+    root: Path,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> StageResult:
+    """Run one stage into its content-addressed folder, or return the finished folder's manifest."""
+    cfg = spec.config_of(pipeline_cfg)
+    hash12 = spec.hash_for(pipeline_cfg, inputs)
+    out = stage_dir(root, spec.name, hash12)
+    started = time.perf_counter()
+    with folder_lock(out):
+        done = finished_manifest(out)
+        if done is not None:
+            result = StageResult(done, "cached", time.perf_counter() - started)
+            if tracker and parent_run_id:
+                result.run_id = record_cached(tracker, parent_run_id, spec, done, inputs)
+            check_gate(spec, cfg, done)
+            return result
+
+        if out.exists() and not spec.resumable:
+            log.warning("removing unfinished stage folder %s (no manifest: an earlier run was interrupted)", out)
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+
+        logger: MetricLogger = MetricLogger()
+        if tracker and parent_run_id:
+            logger = tracker.start_stage(parent_run_id, spec.name, hash12, inputs, cfg.model_dump(mode="json"))
+        try:
+            report = spec.fn(cfg, inputs, out, logger)
+            seconds = time.perf_counter() - started
+            manifest = write_manifest(
+                Manifest(
+                    stage=spec.name,
+                    stage_hash=hash12,
+                    stage_version=spec.version,
+                    path=str(out),
+                    config=cfg.result_fields(),
+                    inputs={name: m.content_hash for name, m in inputs.items()},
+                    counts=report.counts,
+                    metrics=report.metrics,
+                    extra=report.extra,
+                    mlflow_run_id=logger.run_id,
+                    seconds=round(seconds, 3),
+                )
+            )
+            logger.log_metrics({**{f"count/{k}": v for k, v in report.counts.items()}, **report.metrics})
+            logger.log_metrics({"stage_seconds": seconds})
+            logger.log_artifact(out / MANIFEST_NAME)
+            check_gate(spec, cfg, manifest)
+        except BaseException:
+            if tracker:
+                tracker.end(logger, "FAILED")
+            raise
+        if tracker:
+            tracker.end(logger, "FINISHED")
+        return StageResult(manifest, "ran", seconds, logger.run_id)
+
+
+def record_cached(
+    tracker: Tracker, parent_run_id: str, spec: StageSpec, manifest: Manifest, inputs: dict[str, Manifest]
+) -> str | None:
+    """A cached stage still gets a child run in this pipeline run, pointing at the run that built it."""
+    logger = tracker.start_stage(
+        parent_run_id,
+        spec.name,
+        manifest.stage_hash,
+        inputs,
+        manifest.config,
+        cached=True,
+        source_run_id=manifest.mlflow_run_id,
+    )
+    logger.log_metrics({**{f"count/{k}": v for k, v in manifest.counts.items()}, **manifest.metrics})
+    tracker.end(logger, "FINISHED")
+    return logger.run_id

@@ -1,0 +1,218 @@
+"""MLflow tracking: one parent run per pipeline run, one nested child run per stage.
+
+Everything goes through `MlflowClient` with explicit run ids, never `mlflow.start_run()`'s active run:
+MLflow's active run is thread-local and Prefect runs tasks on worker threads (and training stages run
+in torchrun subprocesses, which receive their run id through the environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3.17's UI opens the training-runs table for it
+RUN_ID_ENV = "LMFORGE_MLFLOW_RUN_ID"
+MAX_PARAM_LEN = 6000
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay whole (rendered as text by MLflow)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5,
+            cwd=Path(__file__).resolve().parents[2],
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class MetricLogger:
+    """What a stage sees of tracking. This base class drops everything (the no-op default)."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_dict(self, data: Any, artifact_file: str) -> None: ...
+
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+
+    def log_table(self, data: Mapping[str, list[Any]], artifact_file: str) -> None: ...
+
+
+class MlflowLogger(MetricLogger):
+    """Logs to one existing MLflow run by id."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    @classmethod
+    def from_env(cls) -> MetricLogger:
+        """The logger a subprocess (e.g. torchrun rank 0) gets from its parent, or a no-op one."""
+        run_id = os.environ.get(RUN_ID_ENV)
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        return cls(uri, run_id) if run_id and uri else MetricLogger()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, tags=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_table(self, data: Mapping[str, list[Any]], artifact_file: str) -> None:
+        self.client.log_table(self.run_id, data=dict(data), artifact_file=artifact_file)
+
+
+def default_tracking_uri(artifacts_root: Path) -> str:
+    return f"sqlite:///{Path(artifacts_root) / 'mlflow.db'}"
+
+
+class Tracker:
+    """Creates the pipeline's parent run and the stages' child runs in one experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: Path | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._experiment(experiment, artifact_location)
+
+    @classmethod
+    def for_pipeline(cls, artifacts_root: Path, tracking_uri: str | None, experiment: str) -> Tracker:
+        """Config value, then $MLFLOW_TRACKING_URI, then the embedded SQLite store under the root."""
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        location = None
+        if not uri:
+            Path(artifacts_root).mkdir(parents=True, exist_ok=True)
+            uri = default_tracking_uri(artifacts_root)
+            location = Path(artifacts_root) / "mlruns"
+        return cls(uri, experiment, location)
+
+    def _experiment(self, name: str, artifact_location: Path | None) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(
+                    name,
+                    artifact_location=artifact_location.as_uri() if artifact_location else None,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
+            except Exception:  # created concurrently by another process
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return exp_id
+
+    def start_pipeline(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> MlflowLogger:
+        all_tags = {"lmforge.kind": "pipeline", "mlflow.source.git.commit": git_commit(), **tags}
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None}
+        )
+        logger = MlflowLogger(self.tracking_uri, run.info.run_id)
+        logger.log_params(params)
+        return logger
+
+    def start_stage(
+        self,
+        parent_run_id: str,
+        stage: str,
+        stage_hash: str,
+        upstream: Mapping[str, Any],
+        params: Mapping[str, Any],
+        cached: bool = False,
+        source_run_id: str | None = None,
+    ) -> MlflowLogger:
+        """A nested child run for one stage, tagged with its hash and its upstream runs and hashes."""
+        tags = {
+            "mlflow.parentRunId": parent_run_id,
+            "lmforge.kind": "stage",
+            "lmforge.stage": stage,
+            "lmforge.stage_hash": stage_hash,
+            "lmforge.cached": str(cached).lower(),
+            "mlflow.source.git.commit": git_commit(),
+        }
+        if source_run_id:
+            tags["lmforge.source_run_id"] = source_run_id
+        for name, m in upstream.items():
+            tags[f"lmforge.upstream.{name}.hash"] = m.stage_hash
+            tags[f"lmforge.upstream.{name}.content_hash"] = m.content_hash
+            if m.mlflow_run_id:
+                tags[f"lmforge.upstream.{name}.run_id"] = m.mlflow_run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=stage, tags={k: str(v) for k, v in tags.items() if v is not None}
+        )
+        logger = MlflowLogger(self.tracking_uri, run.info.run_id)
+        logger.log_params(params)
+        return logger
+
+    def end(self, logger: MetricLogger, status: str = "FINISHED") -> None:
+        if logger.run_id:
+            self.client.set_terminated(logger.run_id, status=status)
