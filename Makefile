@@ -17,7 +17,8 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 SET_ARGS := $(foreach kv,$(SET),--set $(kv))
 ARTIFACTS ?= $(or $(LMFORGE_ARTIFACTS),artifacts)
 
-.PHONY: install test test-slow test-all pipeline data stage ui lint format clean show-config bench
+
+.PHONY: install test test-slow test-all pipeline data pretrain align evaluate stage ui lint format clean show-config bench
 
 install: $(STAMP)
 
@@ -46,8 +47,8 @@ test-all: $(STAMP)
 pipeline: $(STAMP)
 	$(BIN)/lmforge run --preset $(PRESET) $(SET_ARGS)
 
-data: $(STAMP)
-	$(BIN)/lmforge run --flow data --preset $(PRESET) $(SET_ARGS)
+data pretrain align evaluate: $(STAMP)
+	$(BIN)/lmforge run --flow $@ --preset $(PRESET) $(SET_ARGS)
 
 stage: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make stage NAME=dedup [PRESET=tiny] [SET='k=v ...']"; exit 2; }

@@ -60,10 +60,7 @@ def cmd_run(args: argparse.Namespace, targets: list[str] | None = None) -> int:
     flow_fn = FLOWS[getattr(args, "flow", None) or "lifecycle"]
     holder: dict[str, PipelineRun] = {}
     try:
-        if flow_fn.name == "lifecycle":
-            run = flow_fn(cfg, targets)
-        else:
-            run = flow_fn(cfg)
+        run = flow_fn(cfg, targets) if flow_fn.name == "lifecycle" else flow_fn(cfg)
         holder["run"] = run
     except Exception as e:  # the flow failed: show what finished and why it stopped
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
@@ -91,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the whole lifecycle (or a sub-flow) with caching")
     _config_args(p)
-    p.add_argument("--flow", default="lifecycle", help="lifecycle (default) or a sub-flow: data, ...")
+    p.add_argument("--flow", default="lifecycle", choices=["lifecycle", "data", "pretrain", "align", "evaluate"],
+                   help="the whole lifecycle (default) or one sub-flow, with cached upstream stages")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one stage, with its upstream stages from cache")
