@@ -18,7 +18,7 @@ SET_ARGS := $(foreach kv,$(SET),--set $(kv))
 ARTIFACTS ?= $(or $(LMFORGE_ARTIFACTS),artifacts)
 
 
-.PHONY: install test test-slow test-all pipeline data pretrain align evaluate stage ui lint format clean show-config bench
+.PHONY: install test test-slow test-all pipeline data pretrain align evaluate stage ui lint format clean show-config bench server worker deploy run-deployment
 
 install: $(STAMP)
 
@@ -61,6 +61,29 @@ ui: $(STAMP)
 	@mkdir -p $(ARTIFACTS)
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(ARTIFACTS))/mlflow.db} \
 	  --default-artifact-root $(abspath $(ARTIFACTS))/mlruns --host 127.0.0.1 --port $${PORT:-5000}
+
+# --- Prefect deployments on a local server (see prefect.yaml and infra/) -------------------------
+PREFECT_PORT ?= 4200
+MLFLOW_PORT  ?= 5000
+LOCAL_API    := http://127.0.0.1:$(PREFECT_PORT)/api
+LOCAL_MLFLOW := http://127.0.0.1:$(MLFLOW_PORT)
+POOL         ?= lmforge-process
+
+server: $(STAMP)
+	BIN=$(BIN) PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) infra/local/serve.sh
+
+worker: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect work-pool create $(POOL) --type process 2>/dev/null || true
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(LOCAL_MLFLOW)} \
+	  $(BIN)/prefect worker start --pool $(POOL)
+
+deploy: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect work-pool create $(POOL) --type process 2>/dev/null || true
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} LMFORGE_PROJECT_DIR=$(CURDIR) PATH=$(CURDIR)/$(BIN):$$PATH \
+	  $(BIN)/prefect --no-prompt deploy --all
+
+run-deployment: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect deployment run 'lifecycle/$(PRESET)' --watch
 
 lint: $(STAMP)
 	$(BIN)/ruff check conf tasks flows tests bench
