@@ -1,5 +1,6 @@
 """Token shards: flat binary arrays of token ids (uint16, or uint32 for vocabularies over 65,535),
 one file per shard, plus `tokens/index.json`. Documents are concatenated, each followed by EOS.
+A split is one stream cut into shards of `shard_tokens`: a document may straddle two shards.
 
 index.json::
 
@@ -44,13 +45,20 @@ class TokenShardWriter:
         self._open: dict[str, tuple[object, dict]] = {}
 
     def write(self, split: str, ids: np.ndarray | list[int]) -> None:
-        arr = np.asarray(ids, dtype=self.dtype)
-        fh, entry = self._current(split)
-        if entry["tokens"] + len(arr) > self.shard_tokens and entry["tokens"] > 0:
-            self._close(split)
+        """Append to the split's stream; an array larger than the room left spills into the next shard."""
+        arr = np.asarray(ids)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got {arr.min()}..{arr.max()}")
+        arr = arr.astype(self.dtype, copy=False)
+        while len(arr):
             fh, entry = self._current(split)
-        fh.write(arr.tobytes())  # type: ignore[attr-defined]
-        entry["tokens"] += len(arr)
+            room = self.shard_tokens - entry["tokens"]
+            if room <= 0:
+                self._close(split)
+                continue
+            fh.write(arr[:room].tobytes())  # type: ignore[attr-defined]
+            entry["tokens"] += len(arr[:room])
+            arr = arr[room:]
 
     def _current(self, split: str) -> tuple[object, dict]:
         if split not in self._open:
