@@ -85,6 +85,9 @@ deploy: $(STAMP)
 run-deployment: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect deployment run 'lifecycle/$(PRESET)' --watch
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH)
+
 lint: $(STAMP)
 	$(BIN)/ruff check conf tasks flows tests bench
 
