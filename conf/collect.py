@@ -3,6 +3,9 @@
 Each entry of `sources` is one kind of source (a discriminated union on `kind`):
 `pydocs` (built-in docstring corpus), `files` (local text/JSON/Parquet/CSV, plain or .gz/.zst),
 `hf` (a Hugging Face dataset, streamed) and `warc` (Common Crawl style WARC files, HTML -> text).
+
+The stage's cache key covers this config, not the contents of the files it names: when files change
+in place, point at new paths (or rename the source) so the stage re-runs.
 """
 
 from __future__ import annotations
@@ -43,8 +46,12 @@ class FilesSource(SourceBase):
 
     kind: Literal["files"] = "files"
     paths: list[str] = Field(min_length=1, description="Glob patterns (`**` recurses), relative to the cwd.")
-    text_field: str = Field("text", min_length=1, description="JSON key / Parquet or CSV column holding the text.")
-    id_field: str | None = Field("id", description="Key/column with a document id, if present; else file:line.")
+    text_field: str = Field(
+        "text", min_length=1, description="JSON key / Parquet or CSV column holding the text."
+    )
+    id_field: str | None = Field(
+        "id", description="Key/column with a document id, if present; else file:line."
+    )
     min_chars: int = Field(1, ge=1, description="Shorter texts are skipped (counted as too_short).")
 
 
@@ -84,7 +91,8 @@ class CollectConfig(StageConfig):
     max_docs: int | None = Field(None, gt=0, description="Total cap, split across sources by weight.")
     shard_docs: int = Field(5000, gt=0, description="Documents per output shard.")
     on_error: Literal["skip", "fail"] = Field(
-        "skip", description="Unreadable files and broken records: skip (count + rejects.jsonl) or fail the stage."
+        "skip",
+        description="Unreadable files and broken records: skip (count + rejects.jsonl) or fail the stage.",
     )
 
     @model_validator(mode="after")

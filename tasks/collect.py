@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import heapq
 import logging
 import sysconfig
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from conf.collect import CollectConfig, PydocsSource
@@ -22,25 +21,14 @@ from tasks.common.artifacts import Manifest
 from tasks.common.data import Document, ShardWriter
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
+from tasks.sources import CollectError, SourceStats, files_documents, hf_documents, warc_documents
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: other source kinds, rejects.jsonl
 
 SKIP_DIRS = {"test", "tests", "__pycache__", "site-packages", "dist-packages", "idle_test", "lib2to3"}
-
-
-class CollectError(RuntimeError):
-    """A source could not be read and `on_error: fail` is set, or nothing was collected."""
-
-
-@dataclass
-class SourceStats:
-    """Per-source bookkeeping that ends up in the manifest."""
-
-    docs: int = 0
-    chars: int = 0
-    decode_replacements: int = 0
-    rejects: Counter = field(default_factory=Counter)
+REJECTS_FILE = "rejects.jsonl"
+__all__ = ["CollectError", "SourceStats", "collect"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,26 +110,17 @@ def docstrings(tree: ast.Module, include_private: bool) -> Iterator[tuple[str, s
 
 def read_python(path: Path, stats: SourceStats) -> str:
     """Source text; undecodable bytes are replaced (and counted) rather than dropping the file."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        stats.decode_replacements += text.count("\ufffd")
-        return text
+    return stats.decode(path.read_bytes())
 
 
-def pydocs_documents(src: PydocsSource, on_error: str, stats: SourceStats) -> Iterator[Document]:
+def pydocs_documents(src: PydocsSource, stats: SourceStats) -> Iterator[Document]:
     seen: set[str] = set()
     for label, root in package_roots(src.packages):
         for module, path in module_files(label, root, src.include_private):
             try:
                 tree = ast.parse(read_python(path, stats), filename=str(path))
             except (SyntaxError, ValueError, OSError) as e:
-                if on_error == "fail":
-                    raise CollectError(f"{path}: cannot parse ({e}); set collect.on_error=skip to skip it") from e
-                log.warning("skipping %s: %s", path, e)
-                stats.rejects["unparseable_file"] += 1
+                stats.problem("unparseable_file", path, e, line=getattr(e, "lineno", None))
                 continue
             for qualname, kind, node, text in docstrings(tree, src.include_private):
                 if len(text) < src.min_chars:
@@ -171,20 +150,44 @@ def pydocs_documents(src: PydocsSource, on_error: str, stats: SourceStats) -> It
 # mixing
 
 
-SOURCE_READERS = {"pydocs": pydocs_documents}
+SOURCE_READERS = {
+    "pydocs": pydocs_documents,
+    "files": files_documents,
+    "hf": hf_documents,
+    "warc": warc_documents,
+}
 
 
-def _rank(doc_id: str) -> str:
+def _rank(doc_id: str) -> int:
     """A stable pseudo-random rank, so a capped source keeps a spread sample, not its first files."""
-    return hashlib.sha1(doc_id.encode("utf-8")).hexdigest()
+    return int.from_bytes(hashlib.sha1(doc_id.encode("utf-8")).digest()[:8], "big")
 
 
-def take(docs: list[Document], cap: int | None) -> list[Document]:
-    """At most `cap` documents chosen by id hash, kept in their original order."""
-    if cap is None or len(docs) <= cap:
-        return docs
-    keep = {d.id for d in sorted(docs, key=lambda d: _rank(d.id))[:cap]}
-    return [d for d in docs if d.id in keep]
+def take(docs: Iterable[Document], cap: int | None) -> Iterator[Document]:
+    """At most `cap` documents chosen by id hash, in their original order; holds only `cap` in memory."""
+    if cap is None:
+        yield from docs
+        return
+    heap: list[tuple[int, int, Document]] = []  # max-heap on rank (negated) of the `cap` lowest ranks
+    for seq, doc in enumerate(docs):
+        item = (-_rank(doc.id), seq, doc)
+        if len(heap) < cap:
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heappushpop(heap, item)
+    for _, _, doc in sorted(heap, key=lambda t: t[1]):
+        yield doc
+
+
+def unique_ids(docs: Iterable[Document]) -> Iterator[Document]:
+    """Document ids must be unique downstream: a repeated id (the same id field twice) gets `#n`."""
+    seen: dict[str, int] = {}
+    for doc in docs:
+        n = seen.get(doc.id, 0)
+        seen[doc.id] = n + 1
+        if n:
+            doc.id = f"{doc.id}#{n + 1}"
+        yield doc
 
 
 def quotas(cfg: CollectConfig) -> list[int | None]:
@@ -198,18 +201,18 @@ def quotas(cfg: CollectConfig) -> list[int | None]:
 
 
 def collect(cfg: CollectConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
-    counts: dict[str, int] = {}
-    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {"decode_replacements": 0, "skipped_errors": 0}
     per_source: dict[str, dict] = {}
-    with ShardWriter(out, cfg.shard_docs) as writer:
+    rejects_path = out / REJECTS_FILE
+    with ShardWriter(out, cfg.shard_docs) as writer, open(rejects_path, "w", encoding="utf-8") as rejects:
         for src, cap in zip(cfg.sources, quotas(cfg), strict=True):
-            stats = SourceStats()
-            docs = take(list(SOURCE_READERS[src.kind](src, cfg.on_error, stats)), cap)
-            for doc in docs:
+            stats = SourceStats(label=src.label, on_error=cfg.on_error, rejects_sink=rejects)
+            for doc in take(unique_ids(SOURCE_READERS[src.kind](src, stats)), cap):
                 writer.write(doc)
                 stats.docs += 1
                 stats.chars += len(doc.text)
             per_source[src.label] = {
+                "kind": src.kind,
                 "docs": stats.docs,
                 "chars": stats.chars,
                 "decode_replacements": stats.decode_replacements,
@@ -217,16 +220,25 @@ def collect(cfg: CollectConfig, inputs: dict[str, Manifest], out: Path, log_: Me
             }
             counts[f"docs_{src.label}"] = stats.docs
             counts[f"chars_{src.label}"] = stats.chars
-            for reason, n in stats.rejects.items():
+            for reason, n in sorted(stats.rejects.items()):
                 counts[f"rejected_{src.label}_{reason}"] = n
-            counts["decode_replacements"] = counts.get("decode_replacements", 0) + stats.decode_replacements
+            counts["decode_replacements"] += stats.decode_replacements
+            counts["skipped_errors"] += stats.problems
+            log.info(
+                "collect %s: %d documents, rejects %s", src.label, stats.docs, dict(stats.rejects) or "none"
+            )
         if writer.count == 0:
             raise CollectError(
-                "collect produced no documents: check collect.sources (paths, globs, min_chars, max_docs)"
+                "collect produced no documents: check collect.sources (paths, globs, text_field, min_chars, "
+                f"max_docs) and the problems listed in {rejects_path}"
             )
         counts["documents"] = writer.count
         counts["chars"] = writer.chars
-    metrics["mean_doc_chars"] = counts["chars"] / counts["documents"]
+    metrics = {"mean_doc_chars": counts["chars"] / counts["documents"]}
     log_.log_dict(per_source, "collect/sources.json")
-    log.info("collected %d documents (%d chars) from %d sources", writer.count, writer.chars, len(cfg.sources))
-    return StageReport(counts=counts, metrics=metrics, extra={"sources": per_source})
+    if counts["skipped_errors"]:
+        log_.log_artifact(rejects_path, "collect")
+    log.info(
+        "collected %d documents (%d chars) from %d sources", writer.count, writer.chars, len(cfg.sources)
+    )
+    return StageReport(counts=counts, metrics=metrics, extra={"sources": per_source, "rejects": REJECTS_FILE})
