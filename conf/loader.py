@@ -5,6 +5,7 @@ Every failure raises `ConfigError` naming the key path and what is allowed, befo
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -89,28 +90,31 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> dict[st
     return out
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every pydantic model inside an annotation (through list[...], unions, Annotated[...])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """Field names accepted at the section `loc` (the parent of a rejected key)."""
-    current: Any = model
+    """Field names accepted at the section `loc` (the parent of a rejected key).
+
+    `loc` may contain list indices and, for discriminated unions, the tag (e.g. `pydocs`).
+    """
+    candidates: list[type[BaseModel]] = [model]
     for part in loc:
         if isinstance(part, int):
             continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
+        with_field = [c for c in candidates if part in c.model_fields]
+        if with_field:
+            candidates = _models_in(with_field[0].model_fields[part].annotation)
+            continue
+        tagged = [c for c in candidates if getattr(c.model_fields.get("kind"), "default", None) == part]
+        if not tagged:
             return None
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        for cand in candidates:
-            for sub in (cand, *getattr(cand, "__args__", ())):
-                if isinstance(sub, type) and issubclass(sub, BaseModel):
-                    current = sub
-                    break
-            else:
-                continue
-            break
-        else:
-            return None
-    return sorted(getattr(current, "model_fields", {}))
+        candidates = tagged
+    return sorted(candidates[0].model_fields) if len(candidates) == 1 else None
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel] = PipelineConfig) -> str:

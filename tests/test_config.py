@@ -79,3 +79,10 @@ def test_cli_reports_config_errors(capsys):
 
     assert main(["show-config", "--preset", "tiny", "--set", "dedup.bogus=1"]) == 2
     assert "dedup.bogus: unknown key" in capsys.readouterr().err
+
+
+def test_unknown_key_inside_a_tagged_source_lists_its_fields():
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", overrides=["collect.sources=[{kind: pydocs, bogus: 1}]"])
+    assert "collect.sources.0.pydocs.bogus: unknown key; allowed keys here:" in str(e.value)
+    assert "min_chars" in str(e.value)
