@@ -1,14 +1,111 @@
-"""Config of the `dedup` stage: exact then near-duplicate removal."""
+"""Config of the `dedup` stage: exact then near-duplicate removal (MinHash + LSH, datasketch).
+
+Exact duplicates share the hash of their normalized text. Near duplicates are found with MinHash
+signatures of word n-gram shingles, indexed in a `datasketch.MinHashLSH` whose bands x rows datasketch
+derives from `threshold` and `num_perm`; candidate pairs are (optionally) verified by estimated Jaccard
+and resolved into clusters, each keeping one member: the longest text, then the lowest id.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from conf.base import StageConfig
 
 
+class DictStorage(BaseModel):
+    """The LSH index in this process's memory (datasketch's default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: Literal["dict"] = "dict"
+
+    def storage_config(self) -> dict[str, Any]:
+        return {"type": "dict"}
+
+
+class RedisStorage(BaseModel):
+    """The LSH index in a Redis server, for corpora whose index outgrows memory (needs `pip install redis`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: Literal["redis"] = "redis"
+    host: str = "localhost"
+    port: int = Field(6379, ge=1, le=65535)
+    db: int = Field(0, ge=0)
+    password: str | None = None
+    basename: str | None = Field(
+        None, description="Key prefix in Redis; default: a fresh random one per run, deleted at the end."
+    )
+
+    def storage_config(self) -> dict[str, Any]:
+        redis: dict[str, Any] = {"host": self.host, "port": self.port, "db": self.db}
+        if self.password:
+            redis["password"] = self.password
+        config: dict[str, Any] = {"type": "redis", "redis": redis}
+        if self.basename:
+            config["basename"] = self.basename.encode()
+        return config
+
+
+def _storage_type(value: Any) -> str:
+    """The `type` tag; absent means the default, dict (so `lsh_storage.host=...` alone says what is wrong)."""
+    return value.get("type", "dict") if isinstance(value, dict) else getattr(value, "type", "dict")
+
+
+LshStorage = Annotated[
+    Annotated[DictStorage, Tag("dict")] | Annotated[RedisStorage, Tag("redis")], Discriminator(_storage_type)
+]
+
+
 class DedupConfig(StageConfig):
+    NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset({"workers", "batch_size", "lsh_storage"})
+
     normalize: bool = Field(True, description="Lowercase and collapse whitespace before exact hashing.")
+    near: bool = Field(True, description="Also remove near duplicates (MinHash LSH); false: exact only.")
+    ngram: int = Field(
+        5, ge=1, le=64, description="Words per shingle (texts shorter than this are one shingle)."
+    )
+    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length).")
+    threshold: float = Field(
+        0.8, gt=0, lt=1, description="Jaccard similarity from which texts are near duplicates."
+    )
+    verify: bool = Field(
+        True, description="Keep only LSH candidate pairs whose estimated Jaccard reaches `threshold`."
+    )
+    false_negative_weight: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Weight of missed pairs (vs. false candidates: 1 - it) in datasketch's choice of bands x rows. "
+        "0.5 is datasketch's default; higher finds more near duplicates, whose false candidates `verify` drops.",
+    )
+    seed: int = Field(1, ge=0, description="Seed of the MinHash permutations.")
+    sample_pairs: int = Field(
+        20, ge=0, description="Near-duplicate pairs shown in the report with true Jaccard."
+    )
     max_removed_share: float = Field(
         0.5, ge=0, le=1, description="Quality gate: fail if more than this share of documents is removed."
     )
+    workers: int = Field(
+        1, ge=1, le=256, description="Processes computing signatures (same result for any value)."
+    )
+    batch_size: int = Field(1000, ge=1, description="Documents per signature batch sent to a worker.")
+    lsh_storage: LshStorage = Field(default_factory=DictStorage, description="Where the LSH index lives.")
+
+    @model_validator(mode="after")
+    def _lsh_has_bands(self) -> DedupConfig:
+        """datasketch derives bands x rows from threshold and num_perm; MinHashLSH refuses a single band."""
+        if self.near:
+            from datasketch.lsh import _optimal_param
+
+            b, r = _optimal_param(
+                self.threshold, self.num_perm, 1 - self.false_negative_weight, self.false_negative_weight
+            )
+            if b < 2:
+                raise ValueError(
+                    f"threshold={self.threshold} with num_perm={self.num_perm} (false_negative_weight="
+                    f"{self.false_negative_weight}) gives datasketch's MinHashLSH "
+                    f"a single band (b={b}, r={r}) and it needs 2+: lower threshold or raise num_perm"
+                )
+        return self
