@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ class Document:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        # A plain dict, not dataclasses.asdict: asdict deep-copies `meta` for every document.
+        return json.dumps({"id": self.id, "text": self.text, "source": self.source, "meta": self.meta},
+                          ensure_ascii=False)
 
 
 def _open_text(path: Path, mode: str) -> io.TextIOBase:

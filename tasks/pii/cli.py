@@ -1,0 +1,125 @@
+"""`lmforge scrub IN.jsonl OUT.jsonl`: the PII scrubber as a standalone JSONL tool.
+
+Contract (scripts rely on it): every input record is written, in input order, with its text field
+replaced (PII -> `<TYPE>`) and a `pii` list of `{"type", "start", "end"}` offsets into the ORIGINAL
+text (Python string indices, i.e. code points; an existing `pii` field is replaced); all other
+fields are kept. A line that is not a
+JSON object with a string text field is reported on stderr as `IN:LINE: ...` and skipped (it cannot
+be scrubbed safely), and the exit status is then 1. `-` reads stdin / writes stdout. The output file
+is written to a temporary name and renamed, so it is never left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from conf.pii import ENTITY_TYPES, PiiConfig
+from tasks.pii.detect import redact
+from tasks.pii.parallel import batched, find_batches
+
+
+def _records(fh: IO[str], name: str, text_field: str, bad: list[int], err: IO[str]) -> Iterator[dict[str, Any]]:
+    for lineno, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            problem = f"bad JSON ({e.msg} at column {e.colno})"
+        else:
+            if not isinstance(rec, dict):
+                problem = f"not a JSON object (got {type(rec).__name__})"
+            elif not isinstance(rec.get(text_field), str):
+                problem = f"no string field {text_field!r} (use --text-field to pick another)"
+            else:
+                yield rec
+                continue
+        bad.append(lineno)
+        print(f"{name}:{lineno}: {problem}; line skipped", file=err)
+
+
+def scrub_jsonl(src: str, dst: str, cfg: PiiConfig, text_field: str = "text", err: IO[str] = sys.stderr) -> dict:
+    """Scrub `src` into `dst` (paths or `-`); returns a summary: records, with_pii, by_type, bad_lines."""
+    bad: list[int] = []
+    by_type: Counter[str] = Counter()
+    records = with_pii = 0
+    fin = sys.stdin if src == "-" else open(src, encoding="utf-8")
+    if dst == "-":
+        fout, tmp = sys.stdout, None
+    else:
+        Path(dst).resolve().parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=Path(dst).resolve().parent, prefix=f".{Path(dst).name}.", suffix=".tmp")
+        fout = os.fdopen(fd, "w", encoding="utf-8")
+    try:
+        recs = _records(fin, "<stdin>" if src == "-" else src, text_field, bad, err)
+        batches = ((batch, [r[text_field] for r in batch]) for batch in batched(recs, cfg.batch_docs))
+        for batch, found in find_batches(batches, cfg):
+            for rec, spans in zip(batch, found, strict=True):
+                rec[text_field] = redact(rec[text_field], spans)
+                rec["pii"] = [sp.to_json() for sp in spans]
+                fout.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                records += 1
+                with_pii += bool(spans)
+                by_type.update(sp.type for sp in spans)
+        fout.flush()
+        if tmp is not None:
+            fout.close()
+            os.replace(tmp, dst)
+            tmp = None
+    finally:
+        if fin is not sys.stdin:
+            fin.close()
+        if tmp is not None:
+            fout.close()
+            Path(tmp).unlink(missing_ok=True)
+    return {"records": records, "with_pii": with_pii, "by_type": dict(by_type), "bad_lines": bad}
+
+
+def add_arguments(p: Any) -> None:
+    """The `scrub` subcommand's arguments (argparse parser from flows/cli.py)."""
+    p.description = __doc__
+    p.formatter_class = __import__("argparse").RawDescriptionHelpFormatter
+    p.add_argument("input", help="JSONL file to read ('-': stdin)")
+    p.add_argument("output", help="JSONL file to write ('-': stdout)")
+    p.add_argument("--text-field", default="text", help="field holding the text to scrub (default: text)")
+    p.add_argument("--entities", help=f"comma-separated entity types (default: all: {','.join(ENTITY_TYPES)})")
+    p.add_argument("--phone-region", help="region for numbers without +country code (default: US; ZZ: none)")
+    p.add_argument("--phone-leniency", choices=["possible", "valid", "strict_grouping", "exact_grouping"],
+                   help="how sure the phone matcher must be (default: strict_grouping)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1; output is the same)")
+
+
+def run(args: Any) -> int:
+    """Entry point of the `scrub` subcommand (argparse namespace from flows/cli.py)."""
+    from pydantic import ValidationError
+
+    fields: dict[str, Any] = {"workers": args.workers}
+    if args.entities:
+        fields["entities"] = [e.strip().upper() for e in args.entities.split(",") if e.strip()]
+    if args.phone_region:
+        fields["phone_region"] = args.phone_region
+    if args.phone_leniency:
+        fields["phone_leniency"] = args.phone_leniency
+    try:
+        cfg = PiiConfig(**fields)
+    except ValidationError as e:
+        for problem in e.errors():
+            option = "--" + str(problem["loc"][0]).replace("_", "-") if problem["loc"] else "options"
+            print(f"error: {option}: {problem['msg']}", file=sys.stderr)
+        return 2
+    if args.input != "-" and not Path(args.input).is_file():
+        print(f"error: input file {args.input} not found", file=sys.stderr)
+        return 2
+    summary = scrub_jsonl(args.input, args.output, cfg, args.text_field)
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary["by_type"].items())) or "none"
+    note = f"; {len(summary['bad_lines'])} bad line(s) skipped" if summary["bad_lines"] else ""
+    print(f"scrubbed {summary['records']} records ({summary['with_pii']} with PII: {kinds}) -> {args.output}{note}",
+          file=sys.stderr)
+    return 1 if summary["bad_lines"] else 0

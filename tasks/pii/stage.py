@@ -1,0 +1,151 @@
+"""Stage `scrub`: replace PII in every document with `<TYPE>` placeholders, then rescan the output.
+
+Outputs: `documents/` (same ids, order, source and meta; scrubbed text), `redactions.jsonl` (`{id, pii:
+[{type, start, end}]}` offsets into the upstream text, for audits; never the PII itself) and
+`pii_report.json` (counts, samples with the PII masked, the leak check). The leak check reads the
+written shards back and scans them again: anything still detectable counts as `pii_left`, and the
+gate fails the flow when it exceeds `pii.max_pii_left`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conf.pii import PiiConfig
+from tasks.common.artifacts import Manifest
+from tasks.common.data import Document, ShardWriter, read_documents, read_shard
+from tasks.common.stage import StageReport
+from tasks.common.tracking import MetricLogger
+from tasks.pii.detect import Span, placeholder, redact, scrubbed_offsets
+from tasks.pii.parallel import batched, find_batches, worker_pool
+
+log = logging.getLogger(__name__)
+STAGE_VERSION = 1
+REPORT = "pii_report.json"
+REDACTIONS = "redactions.jsonl"
+MAX_LEAK_IDS = 20
+PROGRESS_EVERY = 20  # batches between progress points in MLflow
+
+
+def sample_context(scrubbed: str, start: int, end: int, width: int) -> str:
+    """The placeholder at [start, end) of the scrubbed text with `width` characters each side, one line.
+
+    Taken from the scrubbed text, so other PII nearby is masked too: a sample never shows PII.
+    """
+    left = scrubbed[max(0, start - width) : start]
+    right = scrubbed[end : end + width]
+    return " ".join(f"{left}{scrubbed[start:end]}{right}".split())
+
+
+@dataclass
+class Tally:
+    """What the scrub pass saw: counts by type and masked samples (never the PII itself)."""
+
+    docs: int = 0
+    with_pii: int = 0
+    n_bytes: int = 0
+    by_type: Counter[str] = field(default_factory=Counter)
+    samples: list[dict] = field(default_factory=list)
+    sampled: Counter[str] = field(default_factory=Counter)
+
+    def add(self, doc_id: str, original: str, scrubbed: str, spans: list[Span], cfg: PiiConfig) -> None:
+        self.docs += 1
+        self.n_bytes += len(original.encode("utf-8"))
+        if not spans:
+            return
+        self.with_pii += 1
+        self.by_type.update(sp.type for sp in spans)
+        for sp, (s, e) in zip(spans, scrubbed_offsets(spans), strict=True):
+            if self.sampled[sp.type] < cfg.samples_per_type:
+                self.sampled[sp.type] += 1
+                context = sample_context(scrubbed, s, e, cfg.sample_context)
+                self.samples.append({"id": doc_id, "type": sp.type, "placeholder": placeholder(sp.type),
+                                     "context": context})
+
+
+def scrub(cfg: PiiConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
+    source = inputs["dedup"] if "dedup" in inputs else next(iter(inputs.values()))
+    started = time.perf_counter()
+    tally = Tally()
+    with worker_pool(cfg) as pool:
+        batches = ((batch, [d.text for d in batch]) for batch in batched(read_documents(source), cfg.batch_docs))
+        with ShardWriter(out, cfg.shard_docs) as writer, open(out / REDACTIONS, "w", encoding="utf-8") as red:
+            for i, (batch, found) in enumerate(find_batches(batches, cfg, pool), 1):
+                for doc, spans in zip(batch, found, strict=True):
+                    text = redact(doc.text, spans)
+                    tally.add(doc.id, doc.text, text, spans, cfg)
+                    if spans:
+                        red.write(json.dumps({"id": doc.id, "pii": [sp.to_json() for sp in spans]}) + "\n")
+                    writer.write(Document(doc.id, text, doc.source, doc.meta))
+                if i % PROGRESS_EVERY == 0:
+                    log_.log_metrics({"progress/documents": tally.docs, "progress/pii": tally.by_type.total()},
+                                     step=tally.docs)
+        scrub_seconds = time.perf_counter() - started
+        left_by_type, leak_ids = leak_check(writer.paths, cfg, pool)
+    docs, with_pii, by_type, samples = tally.docs, tally.with_pii, tally.by_type, tally.samples
+    pii_left = sum(left_by_type.values())
+    total = sum(by_type.values())
+    report = {
+        "documents": docs,
+        "documents_with_pii": with_pii,
+        "pii_total": total,
+        "by_type": {t: by_type[t] for t in cfg.entities},
+        "pii_left": pii_left,
+        "pii_left_by_type": {t: left_by_type[t] for t in cfg.entities if left_by_type[t]},
+        "leak_documents": leak_ids,
+        "entities": list(cfg.entities),
+        "samples": samples,
+    }  # deterministic (no timings): it is one of the stage's content-hashed outputs
+    (out / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log_.log_artifact(out / REPORT)
+    if samples:
+        log_.log_table({k: [s[k] for s in samples] for k in ("id", "type", "context")}, "pii_samples.json")
+    mb = tally.n_bytes / 1e6
+    log.info("scrub: %d documents, %d with PII, %d spans %s; %d left after rescan; %.1f MB/s",
+             docs, with_pii, total, dict(by_type), pii_left, mb / scrub_seconds if scrub_seconds else 0.0)
+    return StageReport(
+        counts={
+            "documents": docs,
+            "documents_with_pii": with_pii,
+            "pii_total": total,
+            **{f"pii_{t}": by_type[t] for t in cfg.entities},
+            "pii_left": pii_left,
+            "chars": writer.chars,
+        },
+        metrics={
+            "pii_docs_share": with_pii / docs if docs else 0.0,
+            "pii_per_mb": total / mb if mb else 0.0,
+            "scrub_mb_per_s": mb / scrub_seconds if scrub_seconds else 0.0,
+        },
+        extra={"leak_documents": leak_ids, "report": REPORT, "redactions": REDACTIONS},
+    )
+
+
+def leak_check(shards: list[Path], cfg: PiiConfig, pool: Any = None) -> tuple[Counter[str], list[str]]:
+    """Scan written shards again: PII still detectable by type, and (some of) the documents holding it."""
+    left: Counter[str] = Counter()
+    ids: list[str] = []
+    docs = (doc for path in shards for doc in read_shard(path))
+    batches = ((batch, [d.text for d in batch]) for batch in batched(docs, cfg.batch_docs))
+    for batch, found in find_batches(batches, cfg, pool):
+        for doc, spans in zip(batch, found, strict=True):
+            if spans:
+                left.update(sp.type for sp in spans)
+                if len(ids) < MAX_LEAK_IDS:
+                    ids.append(doc.id)
+    return left, ids
+
+
+def gate(cfg: PiiConfig, manifest: Manifest) -> str | None:
+    left = manifest.counts.get("pii_left", 0)
+    if left > cfg.max_pii_left:
+        where = ", ".join(manifest.extra.get("leak_documents", [])[:5])
+        return (f"the rescan of the scrubbed documents still finds {left} PII span(s) (documents {where}), "
+                f"more than pii.max_pii_left={cfg.max_pii_left}; see {REPORT} in the stage folder")
+    return None
