@@ -1,0 +1,91 @@
+"""Configs of the `evaluate` stage (held-out metrics, sample generations, gates) and the `export` stage."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from conf.base import StageConfig
+
+Decoding = Literal["greedy", "temperature", "top_k", "top_p", "beam"]
+ModelName = Literal["base", "sft", "ppo"]
+
+DEFAULT_SAMPLE_PROMPTS = [
+    "Summarize what the function `os.path.join` does.",
+    "Explain the purpose of the `json` module in one sentence.",
+    "What does `itertools.chain` return?",
+]
+
+
+class EvaluateConfig(StageConfig):
+    # Gate thresholds change no output: a stricter gate re-checks the cached folder instead of re-running.
+    NOT_RESULT_AFFECTING = frozenset({"batch_size", "min_rm_accuracy", "min_win_rate", "max_kl", "max_ppl_ppo"})
+
+    # perplexity / bits per byte on the validation token shards
+    block_size: int = Field(128, gt=1, description="Tokens per window (capped at the model's context).")
+    max_val_tokens: int = Field(16_384, gt=1, description="Cap on validation tokens scored per model.")
+    # generation on eval-split prompts
+    max_prompts: int = Field(24, gt=0, description="Eval prompts (sft/eval.jsonl) answered by SFT and PPO.")
+    max_prompt_tokens: int = Field(192, gt=0, description="Prompts are left-truncated to this many tokens.")
+    max_new_tokens: int = Field(48, gt=0, description="Response length cap for eval prompts.")
+    max_pref_pairs: int = Field(64, gt=0, description="Held-out preference pairs scored by the reward model.")
+    max_rm_tokens: int = Field(384, gt=0, description="Reward-model inputs are truncated to this many tokens.")
+    kl_samples: int = Field(1, ge=0, description="Sampled PPO responses per prompt for the KL(PPO||SFT) estimate.")
+    seed: int = 0
+    batch_size: int = Field(16, gt=0, description="Sequences per forward/generate batch.")
+    # sample-generation table
+    sample_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))
+    sample_models: list[ModelName] = Field(default_factory=lambda: ["sft", "ppo"], min_length=1)
+    decodings: list[Decoding] = Field(
+        default_factory=lambda: ["greedy", "temperature", "top_k", "top_p", "beam"], min_length=1
+    )
+    sample_max_new_tokens: int = Field(48, gt=0)
+    temperature: float = Field(0.8, gt=0)
+    top_k: int = Field(20, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    num_beams: int = Field(4, gt=1)
+    repetition_penalty: float = Field(1.0, gt=0, description="Applied to every sample decoding; 1.0 = off.")
+    # optional lm-evaluation-harness run (its tasks download data: off by default)
+    lm_eval_tasks: list[str] = Field(default_factory=list, description="lm_eval task names; [] skips it.")
+    lm_eval_models: list[ModelName] = Field(default_factory=lambda: ["ppo"], min_length=1)
+    lm_eval_limit: int | None = Field(None, gt=0, description="Examples per lm_eval task (None: all).")
+    plot: bool = True
+    # quality gates (None disables a gate)
+    min_rm_accuracy: float | None = Field(None, ge=0, le=1)
+    min_win_rate: float | None = Field(None, ge=0, le=1, description="Gate on eval/win_rate_ppo_vs_sft.")
+    max_kl: float | None = Field(None, ge=0, description="Gate on eval/kl_ppo_sft.")
+    max_ppl_ppo: float | None = Field(None, gt=0, description="Gate on eval/ppl_ppo.")
+
+
+class ExportConfig(StageConfig):
+    NOT_RESULT_AFFECTING = frozenset({"register_model"})
+
+    model_name: str = Field("lmforge-tiny", min_length=1, description="Name in the model card's model-index.")
+    registered_model_name: str = Field("lmforge-tiny", min_length=1, description="MLflow model registry name.")
+    register_model: bool = Field(True, description="Register the model in MLflow (skipped without tracking).")
+    license: str = "apache-2.0"
+    language: list[str] = Field(default_factory=lambda: ["en"])
+    intended_use: str = Field(
+        "A small research model trained end to end by lmforge, for studying the LLM lifecycle "
+        "(data, pretraining, SFT, reward modelling, PPO, evaluation). It answers questions about "
+        "Python library documentation in the style of docstring summaries."
+    )
+    out_of_scope_use: str = Field(
+        "Any production or user-facing use; factual lookup without verification; advice of any kind "
+        "(medical, legal, financial, security); generating code to run unreviewed; languages other "
+        "than the training data's."
+    )
+    limitations: str = Field(
+        "The model is small and trained on a narrow corpus: it produces fluent-looking but often wrong "
+        "text, repeats itself, and knows nothing outside its training documents. The reward model is a "
+        "learned proxy: PPO can exploit its blind spots (reward hacking), so higher reward does not "
+        "imply better answers. Biases of the source documents (style, topics, the authors' dialect of "
+        "English) carry over. PII scrubbing is pattern-based and can miss personal data."
+    )
+
+    @model_validator(mode="after")
+    def _check_language(self) -> ExportConfig:
+        if not self.language:
+            raise ValueError("export.language must name at least one language code (e.g. ['en'])")
+        return self

@@ -1,0 +1,99 @@
+"""Evaluation outputs besides metrics: JSONL files, MLflow tables, comparison plots, the optional
+lm-evaluation-harness run, and a description of the hardware the numbers came from."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def columns(rows: list[dict]) -> dict[str, list]:
+    """Row dicts -> the column dict `MlflowClient.log_table` takes."""
+    keys = list(rows[0]) if rows else []
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def plots(folder: Path, metrics: dict[str, float], rewards: dict[str, list[float]],
+          prefs: dict[str, list[float]], kls: list[float]) -> list[Path]:
+    """Two PNGs: perplexity/bits-per-byte per model, and reward/ROUGE/KL comparisons of SFT vs PPO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["base", "sft", "ppo"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, title in ((axes[0], "ppl", "validation perplexity"), (axes[1], "bpb", "bits per byte")):
+        values = [metrics[f"eval/{key}_{n}"] for n in names]
+        ax.bar(names, values, color=["#999999", "#4c72b0", "#dd8452"])
+        ax.set_title(title)
+        if key == "ppl":
+            ax.set_yscale("log")  # an untrained model sits near the vocabulary size, trained ones near 1-100
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    first = folder / "perplexity.png"
+    fig.savefig(first, dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    axes[0].hist([rewards["sft"], rewards["ppo"]], bins=15, label=["sft", "ppo"], color=["#4c72b0", "#dd8452"])
+    axes[0].set_title(f"reward on eval prompts (PPO win rate {metrics['eval/win_rate_ppo_vs_sft']:.2f})")
+    axes[0].legend()
+    axes[1].hist([prefs["chosen"], prefs["rejected"]], bins=15, label=["chosen", "rejected"], color=["#55a868", "#c44e52"])
+    axes[1].set_title(f"reward model on held-out pairs (acc {metrics['eval/rm_accuracy']:.2f})")
+    axes[1].legend()
+    axes[2].hist(kls, bins=15, color="#8172b2")
+    axes[2].set_title(f"log PPO - log SFT per response (mean {metrics['eval/kl_ppo_sft']:.3g})")
+    fig.tight_layout()
+    second = folder / "alignment.png"
+    fig.savefig(second, dpi=100)
+    plt.close(fig)
+    return [first, second]
+
+
+def run_lm_eval(cfg, model_dirs: dict[str, Path], device: str) -> dict[str, float]:
+    """lm-evaluation-harness on model folders (`hf` model type); metrics `lm_eval/<model>/<task>/<metric>`."""
+    try:
+        import lm_eval
+    except ImportError as e:
+        raise RuntimeError(
+            "evaluate.lm_eval_tasks is set but lm-evaluation-harness is not installed: "
+            "`pip install 'lmforge[eval]'`, or set evaluate.lm_eval_tasks=[]"
+        ) from e
+    metrics: dict[str, float] = {}
+    for name, path in model_dirs.items():
+        result = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=f"pretrained={path},dtype=float32",
+            tasks=list(cfg.lm_eval_tasks),
+            limit=cfg.lm_eval_limit,
+            batch_size=cfg.batch_size,
+            device=device,
+            log_samples=False,
+        )
+        for task, values in (result or {}).get("results", {}).items():
+            for key, value in values.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and "stderr" not in key:
+                    metrics[f"lm_eval/{name}/{task}/{key.replace(',', '_')}"] = float(value)
+    log.info("lm_eval: %s", metrics)
+    return metrics

@@ -1,0 +1,392 @@
+"""Stage `export`: the final model folder, its Hugging Face model card, and its MLflow registry entry.
+
+The card is written only from recorded facts: the manifests of the whole lineage (walked through each
+manifest's `inputs`) and the stages' MLflow runs (params = resolved configs, metrics). Nothing is
+re-measured here, so every number in the card equals a number logged upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from conf.evaluate import ExportConfig
+from tasks.common.artifacts import Manifest, read_manifest
+from tasks.common.stage import StageReport
+from tasks.common.tracking import MetricLogger, flatten
+
+log = logging.getLogger(__name__)
+STAGE_VERSION = 1
+
+DATA_STAGES = ("collect", "filter", "dedup", "scrub", "align_data")
+TRAIN_STAGES = ("train_tokenizer", "pretrain", "sft", "reward", "ppo")
+SECTIONS = ("Intended use", "Training data", "Training procedure", "Evaluation", "Limitations and risks",
+            "Compute", "Lineage")
+HARDWARE_KEYS = ("hardware", "device", "devices", "world_size", "gpus", "nproc")
+EVAL_DESCRIPTIONS = {
+    "ppl": "perplexity on the validation token shards",
+    "bpb": "bits per UTF-8 byte on the validation token shards",
+    "rouge_l": "ROUGE-L F1 against reference summaries (held-out prompts)",
+    "reward": "mean reward-model score of greedy responses (held-out prompts)",
+    "rm_accuracy": "reward-model accuracy on held-out preference pairs",
+    "win_rate_ppo_vs_sft": "share of held-out prompts where the reward model prefers PPO over SFT",
+    "kl_ppo_sft": "KL(PPO || SFT) in nats per response, on sampled PPO responses",
+}
+
+
+# --- the lineage ------------------------------------------------------------------------------------
+
+
+def lineage(inputs: dict[str, Manifest]) -> dict[str, Manifest]:
+    """Every manifest upstream of `inputs`, by stage name, oldest first.
+
+    A manifest names its inputs by content hash; they are looked up among `inputs`, then among the
+    finished folders of that stage beside the manifest's own folder (`<root>/<stage>/*/`).
+    """
+    found: dict[str, Manifest] = {}
+    todo = list(inputs.values())
+    while todo:
+        m = todo.pop()
+        if m.stage in found:
+            continue
+        found[m.stage] = m
+        for up, content_hash in m.inputs.items():
+            if up in found:
+                continue
+            match = _find_upstream(inputs, m, up, content_hash)
+            if match is None:
+                log.warning("lineage: %s's input %s (%s) not found beside %s", m.stage, up, content_hash, m.path)
+            else:
+                todo.append(match)
+    return dict(sorted(found.items(), key=lambda kv: kv[1].created_at))
+
+
+def _find_upstream(inputs: dict[str, Manifest], m: Manifest, up: str, content_hash: str) -> Manifest | None:
+    if up in inputs and inputs[up].content_hash == content_hash:
+        return inputs[up]
+    for folder in sorted((m.dir.parent.parent / up).glob("*/")):
+        cand = read_manifest(folder)
+        if cand is not None and cand.content_hash == content_hash:
+            return cand
+    return None
+
+
+def mlflow_runs(stages: dict[str, Manifest], tracking_uri: str | None) -> dict[str, dict[str, Any]]:
+    """Each stage's MLflow run (params, metrics, tags), read by the run id its manifest recorded."""
+    if not tracking_uri:
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = {}
+    for name, m in stages.items():
+        if not m.mlflow_run_id:
+            continue
+        try:
+            run = client.get_run(m.mlflow_run_id)
+        except Exception as e:  # a run from another tracking store: the manifest still tells the story
+            log.warning("model card: cannot read MLflow run %s of %s (%s)", m.mlflow_run_id, name, e)
+            continue
+        runs[name] = {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+    return runs
+
+
+# --- rendering --------------------------------------------------------------------------------------
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def stats(m: Manifest) -> str:
+    items = [f"{k}={fmt(v)}" for k, v in {**m.counts, **m.metrics}.items()]
+    return ", ".join(items) or "-"
+
+
+def training_data(stages: dict[str, Manifest]) -> str:
+    parts = []
+    collect = stages.get("collect")
+    if collect:
+        sources = collect.config.get("sources") or []
+        described = [", ".join(f"{k}={fmt(v)}" for k, v in s.items()) for s in sources]
+        parts.append("**Sources** (collect config): " + ("; ".join(described) or "-"))
+    rows = [(name, stats(stages[name])) for name in (*DATA_STAGES, "train_tokenizer") if name in stages]
+    parts.append("Documents, tokens, deduplication, PII and filtering statistics per stage:\n\n"
+                 + table(("stage", "counts and metrics"), rows))
+    contam = [(name, k, v) for name, m in stages.items() for k, v in {**m.counts, **m.metrics}.items() if "contam" in k]
+    if contam:
+        parts.append("**Decontamination** (documents overlapping the held-out evaluation split, removed "
+                     "before tokenizer and model training):\n\n" + table(("stage", "statistic", "value"), contam))
+    else:
+        parts.append("**Decontamination**: no decontamination statistics were recorded in this lineage.")
+    align = stages.get("align_data")
+    if align:
+        parts.append(f"Evaluation prompts come from whole modules held out by `align_data` "
+                     f"(eval_fraction={fmt(align.config.get('eval_fraction'))}): "
+                     f"{fmt(align.counts.get('sft_eval'))} SFT pairs, {fmt(align.counts.get('prefs_eval'))} preference pairs.")
+    return "\n\n".join(parts)
+
+
+def training_procedure(stages: dict[str, Manifest], runs: dict[str, dict]) -> str:
+    parts = []
+    for name in TRAIN_STAGES:
+        m = stages.get(name)
+        if m is None:
+            continue
+        run = runs.get(name)
+        params = run["params"] if run else {k: v for k, v in flatten(m.config).items()}
+        source = f"MLflow run `{m.mlflow_run_id}`" if run else "the stage manifest"
+        final = run["metrics"] if run else {**m.metrics, **{f"count/{k}": v for k, v in m.counts.items()}}
+        parts.append(
+            f"### {name}\n\nHyperparameters (from {source}):\n\n" + table(("parameter", "value"), sorted(params.items()))
+            + "\n\nFinal metrics:\n\n" + table(("metric", "value"), sorted(final.items()))
+        )
+    return "\n\n".join(parts) or "No training stages were recorded in this lineage."
+
+
+def evaluation(evaluate: Manifest | None) -> str:
+    if evaluate is None:
+        return "No evaluation stage was recorded in this lineage."
+    m = evaluate.metrics
+    side = []
+    for model in ("base", "sft", "ppo"):
+        side.append((model, *[m.get(f"eval/{k}_{model}", "-") for k in ("ppl", "bpb", "rouge_l", "reward")]))
+    rows = [(k, v, EVAL_DESCRIPTIONS.get(_short(k), "")) for k, v in sorted(m.items())]
+    return (
+        f"Held-out evaluation (stage `evaluate`, hash `{evaluate.stage_hash}`, MLflow run "
+        f"`{evaluate.mlflow_run_id}`): {fmt(evaluate.counts.get('eval_prompts'))} prompts, "
+        f"{fmt(evaluate.counts.get('pref_pairs'))} preference pairs, {fmt(evaluate.counts.get('val_tokens'))} "
+        "validation tokens.\n\n"
+        + table(("model", "perplexity", "bits/byte", "ROUGE-L", "reward"), side)
+        + "\n\nAll metrics:\n\n" + table(("metric", "value", "meaning"), rows)
+    )
+
+
+def _short(metric: str) -> str:
+    name = metric.removeprefix("eval/")
+    for suffix in ("_base", "_sft", "_ppo"):
+        if name.endswith(suffix) and name.removesuffix(suffix) in EVAL_DESCRIPTIONS:
+            return name.removesuffix(suffix)
+    return name
+
+
+def limitations(cfg: ExportConfig, stages: dict[str, Manifest]) -> str:
+    notes = []
+    ev = stages.get("evaluate")
+    if ev:
+        m = ev.metrics
+        if "eval/rm_accuracy" in m:
+            notes.append(f"- The reward model ranks held-out preference pairs correctly {m['eval/rm_accuracy']:.1%} "
+                         "of the time; rewards and win rates inherit its errors.")
+        if "eval/kl_ppo_sft" in m:
+            notes.append(f"- PPO moved the policy {fmt(m['eval/kl_ppo_sft'])} nats per response away from the SFT "
+                         "model (KL); a large value with rising reward is a sign of reward hacking.")
+        if "eval/ppl_ppo" in m and "eval/ppl_sft" in m:
+            notes.append(f"- Validation perplexity: SFT {fmt(m['eval/ppl_sft'])}, PPO {fmt(m['eval/ppl_ppo'])}.")
+    scrub = stages.get("scrub")
+    if scrub:
+        notes.append(f"- PII scrubbing statistics (pattern-based, not exhaustive): {stats(scrub)}.")
+    return cfg.limitations + ("\n\nFrom this lineage's records:\n\n" + "\n".join(notes) if notes else "")
+
+
+def hardware(m: Manifest, run: dict | None) -> str:
+    """What the stage ran on, as its manifest `extra` or its MLflow run's tags (e.g. `pretrain.device`) say."""
+    found = {k: m.extra[k] for k in HARDWARE_KEYS if k in m.extra}
+    for key, value in (run or {}).get("tags", {}).items():
+        short = key.rsplit(".", 1)[-1]
+        if short in HARDWARE_KEYS and not key.startswith("mlflow.") and short not in found:
+            found[short] = value
+    return ", ".join(f"{k}={fmt(v)}" for k, v in found.items()) or "not recorded"
+
+
+def pretrain_flops(pre: Manifest, run: dict | None) -> list[tuple[str, Any]]:
+    """FLOPs figures the pretrain stage recorded, and the total they imply for the tokens it trained on."""
+    recorded = {**pre.counts, **pre.metrics, **pre.extra}
+    rows: list[tuple[str, Any]] = [(k, v) for k, v in sorted(recorded.items()) if "flops" in k.lower() or k.endswith("mfu")]
+    tokens = pre.counts.get("tokens") or pre.counts.get("tokens_seen")
+    per_token = (run or {}).get("params", {}).get("model.flops_per_token")
+    params = pre.counts.get("parameters") or pre.counts.get("params")
+    if tokens and per_token:
+        rows.append(("training FLOPs = model.flops_per_token x tokens", float(per_token) * tokens))
+    elif tokens and params:
+        rows.append(("training FLOPs = 6 x parameters x tokens", 6.0 * params * tokens))
+    return rows
+
+
+def compute(stages: dict[str, Manifest], runs: dict[str, dict]) -> str:
+    rows = [(name, m.seconds, hardware(m, runs.get(name))) for name, m in stages.items()]
+    total = sum(m.seconds for m in stages.values())
+    text = table(("stage", "wall time (s)", "hardware"), rows) + f"\n\nTotal wall time: {fmt(total)} s."
+    pre = stages.get("pretrain")
+    flops = pretrain_flops(pre, runs.get("pretrain")) if pre else []
+    if flops:
+        text += "\n\nEstimated pretraining compute (pretrain manifest and run):\n\n" + table(("quantity", "value"), flops)
+    else:
+        text += "\n\nEstimated pretraining FLOPs: not recorded in the pretrain manifest."
+    return text
+
+
+def lineage_table(stages: dict[str, Manifest]) -> str:
+    rows = [(n, m.stage_hash, m.content_hash, m.mlflow_run_id or "-", m.path) for n, m in stages.items()]
+    return table(("stage", "stage hash", "artifact hash", "MLflow run", "folder"), rows)
+
+
+def eval_results(evaluate: Manifest | None, stages: dict[str, Manifest]) -> list:
+    """model-index entries for the card's YAML header: one per `eval/*` metric, exact values."""
+    from huggingface_hub import EvalResult
+
+    if evaluate is None:
+        return []
+    data = stages.get("align_data")
+    tok = stages.get("train_tokenizer")
+    results = []
+    for key, value in sorted(evaluate.metrics.items()):
+        if not key.startswith("eval/"):
+            continue
+        on_tokens = _short(key) in ("ppl", "bpb")
+        src = tok if on_tokens else data
+        results.append(EvalResult(
+            task_type="text-generation",
+            dataset_type=f"lmforge/{src.stage if src else 'unknown'}",
+            dataset_name="validation token shards" if on_tokens else "held-out eval split",
+            dataset_split="val" if on_tokens else "eval",
+            dataset_revision=src.content_hash if src else None,
+            metric_type=key.removeprefix("eval/"),
+            metric_name=key,
+            metric_value=float(value),
+        ))
+    return results
+
+
+def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, dict], architecture: str):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    evaluate = stages.get("evaluate")
+    data = ModelCardData(
+        language=cfg.language, license=cfg.license, library_name="transformers", pipeline_tag="text-generation",
+        tags=["lmforge", "llama", "sft", "rlhf", "ppo"], model_name=cfg.model_name,
+        eval_results=eval_results(evaluate, stages) or None,
+    )
+    body = [
+        f"# {cfg.model_name}",
+        f"{architecture} trained end to end by the lmforge pipeline: pretraining, supervised fine-tuning "
+        "(LoRA, merged), a reward model and PPO. This card was generated from the lineage's manifests and "
+        f"MLflow runs; the weights are the PPO policy. MLflow registry name: `{cfg.registered_model_name}`.",
+        "## Intended use", cfg.intended_use, f"**Out of scope:** {cfg.out_of_scope_use}",
+        "## Training data", training_data(stages),
+        "## Training procedure", training_procedure(stages, runs),
+        "## Evaluation", evaluation(evaluate),
+        "## Limitations and risks", limitations(cfg, stages),
+        "## Compute", compute(stages, runs),
+        "## Lineage", lineage_table(stages),
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(body) + "\n")
+
+
+def describe_architecture(model_folder: Path) -> str:
+    cfg = json.loads((model_folder / "config.json").read_text())
+    arch = (cfg.get("architectures") or ["causal LM"])[0]
+    return (f"A {arch} ({cfg.get('num_hidden_layers')} layers, hidden size {cfg.get('hidden_size')}, "
+            f"{cfg.get('num_attention_heads')} heads, vocabulary {cfg.get('vocab_size')}, "
+            f"context {cfg.get('max_position_embeddings')})")
+
+
+# --- the stage --------------------------------------------------------------------------------------
+
+
+def export(cfg: ExportConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
+    if "ppo" not in inputs:
+        raise ValueError(f"export needs the ppo stage's output (its model/ is what gets exported); got {sorted(inputs)}")
+    ppo = inputs["ppo"]
+    sources = ppo.files_under("model/")
+    if not any(p.name == "config.json" for p in sources):
+        raise FileNotFoundError(f"stage ppo ({ppo.path}) has no model/config.json: nothing to export")
+    model = out / "model"
+    for src in sources:
+        dst = model / src.relative_to(ppo.dir / "model")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    ensure_generation_config(model)
+
+    stages = lineage(inputs)
+    tracking_uri = getattr(log_, "tracking_uri", None)
+    runs = mlflow_runs(stages, tracking_uri)
+    card = build_card(cfg, stages, runs, describe_architecture(model))
+    card.save(model / "README.md")
+    record = {n: {"stage_hash": m.stage_hash, "content_hash": m.content_hash, "mlflow_run_id": m.mlflow_run_id,
+                  "path": m.path, "seconds": m.seconds} for n, m in stages.items()}
+    (out / "lineage.json").write_text(json.dumps(record, indent=2))
+    log_.log_text(card.content, "export/README.md")
+    log_.log_dict(record, "export/lineage.json")
+
+    extra: dict[str, Any] = {"model_dir": "model", "card": "model/README.md", "lineage": record}
+    extra.update(register(cfg, log_, model, stages))
+    weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
+    return StageReport(
+        counts={"lineage_stages": len(stages), "mlflow_runs_read": len(runs), "weight_bytes": weights,
+                "eval_results": len(card.data.eval_results or [])},
+        extra=extra,
+    )
+
+
+def ensure_generation_config(model: Path) -> None:
+    """The exported folder always has a generation_config.json carrying the tokenizer's special ids."""
+    if (model / "generation_config.json").exists():
+        return
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id).save_pretrained(str(model))
+
+
+def register(cfg: ExportConfig, log_: MetricLogger, model: Path, stages: dict[str, Manifest]) -> dict[str, Any]:
+    """Log the model folder to the export run and register it as a new model version, tagged with its lineage."""
+    uri, run_id = getattr(log_, "tracking_uri", None), log_.run_id
+    if not cfg.register_model:
+        return {}
+    if not (uri and run_id):
+        log.warning("export: no MLflow tracking for this run; the model is not registered (%s)", cfg.registered_model_name)
+        return {}
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    log_.log_artifact(model, "model")
+    tags: dict[str, str] = {}
+    for name, m in stages.items():
+        tags[f"lmforge.{name}.stage_hash"] = m.stage_hash
+        tags[f"lmforge.{name}.content_hash"] = m.content_hash
+        if m.mlflow_run_id:
+            tags[f"lmforge.{name}.run_id"] = m.mlflow_run_id
+    try:
+        client.get_registered_model(cfg.registered_model_name)
+    except MlflowException:
+        client.create_registered_model(
+            cfg.registered_model_name, tags={"lmforge.kind": "policy"},
+            description="PPO policies exported by lmforge; each version's tags point at its lineage.",
+        )
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
+    version = client.create_model_version(
+        cfg.registered_model_name, source=source, run_id=run_id, tags=tags,
+        description=f"lmforge export of ppo {stages['ppo'].content_hash}" if "ppo" in stages else None,
+    )
+    log.info("export: registered %s version %s from %s", cfg.registered_model_name, version.version, source)
+    return {"registered_model_name": cfg.registered_model_name, "registered_model_version": int(version.version),
+            "model_uri": f"models:/{cfg.registered_model_name}/{version.version}", "model_source": source}

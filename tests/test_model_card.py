@@ -1,0 +1,156 @@
+"""The `export` stage: model folder, model card written from manifests + MLflow runs, registry entry.
+
+Runs `evaluate` and `export` through the real stage runner against a real MLflow SQLite store, on a
+tiny fake lineage whose upstream stages have MLflow runs of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from conf.evaluate import EvaluateConfig, ExportConfig
+from tasks import evaluate as ev
+from tasks import model_card as mc
+from tasks.common.stage import StageSpec, run_stage
+from tasks.common.tracking import MetricLogger, Tracker
+from tests.eval_lineage import build_lineage
+
+EVAL = EvaluateConfig(block_size=64, max_val_tokens=1024, max_prompts=4, max_new_tokens=8, max_pref_pairs=8,
+                      sample_prompts=["Summarize json."], decodings=["greedy", "top_p"], sample_max_new_tokens=6)
+NAME = "lmforge-card-test"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, mlflow_uri):
+    root = tmp_path_factory.mktemp("export")
+    tracker = Tracker(mlflow_uri, "export-test", artifact_location=root / "mlruns")
+    parent = tracker.start_pipeline("export-test", params={}, tags={})
+    stages = build_lineage(root, tracker, parent.run_id, sft_steps=20)
+    cfg = SimpleNamespace(evaluate=EVAL, export=ExportConfig(registered_model_name=NAME))
+    spec = StageSpec("evaluate", ev.evaluate, "evaluate", ev.INPUTS, ev.STAGE_VERSION, gate=ev.gate)
+    stages["evaluate"] = run_stage(spec, cfg, {k: stages[k] for k in ev.INPUTS}, root, tracker, parent.run_id).manifest
+    spec = StageSpec("export", mc.export, "export", tuple(stages), mc.STAGE_VERSION)
+    result = run_stage(spec, cfg, dict(stages), root, tracker, parent.run_id)
+    tracker.end(parent)
+    card = ModelCard.load(result.manifest.dir / "model" / "README.md")
+    return SimpleNamespace(stages=stages, manifest=result.manifest, card=card, client=MlflowClient(mlflow_uri))
+
+
+def section(card: ModelCard, title: str) -> str:
+    text = card.text
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+def test_card_has_every_section(exported):
+    for title in mc.SECTIONS:
+        assert f"\n## {title}\n" in exported.card.text, title
+    assert exported.card.data.license == "apache-2.0"
+    assert exported.card.data.pipeline_tag == "text-generation"
+
+
+def test_card_numbers_equal_the_logged_metrics(exported):
+    ev_manifest = exported.stages["evaluate"]
+    logged = exported.client.get_run(ev_manifest.mlflow_run_id).data.metrics
+    in_yaml = {r.metric_name: r.metric_value for r in exported.card.data.eval_results}
+    assert set(ev.METRIC_NAMES) <= set(in_yaml)
+    for name, value in in_yaml.items():
+        assert value == ev_manifest.metrics[name] == logged[name], name
+    table = section(exported.card, "Evaluation")
+    rows = dict(re.findall(r"^\| (eval/\S+) \| (\S+) \|", table, flags=re.M))
+    assert set(rows) == set(in_yaml)
+    for name, shown in rows.items():
+        assert float(shown) == pytest.approx(logged[name], rel=1e-5), name
+
+
+def test_training_procedure_comes_from_mlflow_params(exported):
+    text = section(exported.card, "Training procedure")
+    for stage in ("train_tokenizer", "pretrain", "sft", "reward", "ppo"):
+        m = exported.stages[stage]
+        assert f"### {stage}" in text and f"MLflow run `{m.mlflow_run_id}`" in text
+    pretrain = text[text.index("### pretrain") : text.index("### sft")]
+    assert "| lr | 0.003 |" in pretrain and "| max_steps | 0 |" in pretrain
+    assert "| final/train_loss | 6.2 |" in pretrain  # the MLflow run's metric
+    ppo = text[text.index("### ppo") :]
+    assert "| kl_coef | 0.05 |" in ppo
+
+
+def test_training_data_compute_and_lineage(exported):
+    data = section(exported.card, "Training data")
+    assert "kind=pydocs" in data and "exact_duplicates=3" in data and "pii_email=4" in data
+    assert "| train_tokenizer | decontaminated_docs | 2 |" in data
+    compute = section(exported.card, "Compute")
+    pre = exported.stages["pretrain"]
+    per_token = float(exported.client.get_run(pre.mlflow_run_id).data.params["model.flops_per_token"])
+    assert f"| training FLOPs = model.flops_per_token x tokens | {per_token * pre.counts['tokens']:.6g} |" in compute
+    assert f"| final/flops_per_s | {pre.metrics['final/flops_per_s']:.6g} |" in compute
+    assert "| pretrain | 2.5 | world_size=1, device=cpu |" in compute  # manifest extra + run tag
+    assert "| evaluate |" in compute and "CPU" in compute  # evaluate records its own hardware
+    lineage = section(exported.card, "Lineage")
+    record = json.loads((exported.manifest.dir / "lineage.json").read_text())
+    assert set(record) == set(exported.stages)
+    for name, m in exported.stages.items():
+        assert f"| {name} | {m.stage_hash} | {m.content_hash} | {m.mlflow_run_id} |" in lineage
+        assert record[name]["content_hash"] == m.content_hash
+
+
+def test_model_is_registered_with_its_lineage(exported, tmp_path):
+    import mlflow
+    from transformers import AutoModelForCausalLM
+
+    extra = exported.manifest.extra
+    assert extra["registered_model_name"] == NAME
+    version = exported.client.get_model_version(NAME, str(extra["registered_model_version"]))
+    assert version.run_id == exported.manifest.mlflow_run_id
+    ppo = exported.stages["ppo"]
+    assert version.tags["lmforge.ppo.content_hash"] == ppo.content_hash
+    assert version.tags["lmforge.evaluate.run_id"] == exported.stages["evaluate"].mlflow_run_id
+    # resolve models:/ through this test's store (mlflow's models:/ resolver would use the global registry URI)
+    uri = exported.client.get_model_version_download_uri(NAME, version.version)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path))
+    assert (Path(local) / "README.md").exists()
+    model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True)
+    assert model.config.eos_token_id == json.loads((ppo.dir / "model" / "config.json").read_text())["eos_token_id"]
+
+
+def test_exported_folder_loads_and_holds_the_ppo_weights(exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    folder = exported.manifest.dir / "model"
+    ppo = exported.stages["ppo"].dir / "model"
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    gen = GenerationConfig.from_pretrained(folder)
+    assert gen.eos_token_id == tok.eos_token_id and tok.chat_template
+    ours, theirs = load_file(folder / "model.safetensors"), load_file(ppo / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_export_without_tracking_skips_registration(exported, tmp_path):
+    report = mc.export(ExportConfig(), dict(exported.stages), tmp_path, MetricLogger())
+    assert "registered_model_version" not in report.extra
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    assert "from the stage manifest" in section(card, "Training procedure")
+    assert {r.metric_name: r.metric_value for r in card.data.eval_results} == {
+        k: v for k, v in exported.stages["evaluate"].metrics.items() if k.startswith("eval/")
+    }
+
+
+def test_lineage_is_walked_through_manifest_inputs(exported):
+    found = mc.lineage({"evaluate": exported.stages["evaluate"]})
+    assert set(found) == set(exported.stages)
+    assert list(found)[0] == "collect"
