@@ -19,7 +19,14 @@ from prefect.tasks import Task
 from conf.schema import PipelineConfig
 from flows.stages import STAGES, plan
 from tasks.common.artifacts import Manifest, sha256_text, stage_dir
-from tasks.common.stage import StageResult, StageSpec, finished_manifest, record_cached, run_stage
+from tasks.common.stage import (
+    PermanentStageError,
+    StageResult,
+    StageSpec,
+    finished_manifest,
+    record_cached,
+    run_stage,
+)
 from tasks.common.tracking import MetricLogger, Tracker
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,17 @@ def _run_stage_task(config: PipelineConfig, inputs: dict[str, Manifest], trackin
     )
 
 
+def _worth_retrying(task: Task, task_run, state) -> bool:
+    """Retry transient failures (I/O, a rank killed by the OS), not ones that would repeat."""
+    try:
+        state.result()
+    except PermanentStageError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
 def stage_task(spec: StageSpec, root: Path) -> Task:
     return task(
         _run_stage_task,
@@ -60,6 +78,7 @@ def stage_task(spec: StageSpec, root: Path) -> Task:
         task_run_name=f"{spec.name}",
         retries=spec.retries,
         retry_delay_seconds=2,
+        retry_condition_fn=_worth_retrying,
         cache_key_fn=_cache_key,
         persist_result=True,
         result_storage=root / ".prefect-results",

@@ -28,7 +28,7 @@ from tasks.pretrain import PretrainError, pretrain
 from tasks.pretrain import checkpoint as ckpt
 from tasks.pretrain.data import GlobalBatches, TokenWindows, fit_micro_batch, rank_slice
 from tasks.pretrain.flops import flops_per_token, gpu_peak_flops, measure_matmul_peak
-from tasks.pretrain.launch import torchrun_command, worker_env, write_spec
+from tasks.pretrain.launch import DivergedError, torchrun_command, worker_env, write_spec
 from tasks.pretrain.parallel import param_digest
 from tasks.pretrain.train import FAULT_ENV, lr_lambda
 from tests.helpers import seal
@@ -318,7 +318,7 @@ def test_killed_rank_fails_the_stage_and_rerun_resumes_to_the_same_loss(ddp_run,
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tokens_stage, tmp_path):
     # A learning rate of 1e20 really diverges: step 1 is fine, step 2's gradients are NaN.
     cfg = tiny_cfg(lr=1e20, warmup_steps=0, checkpoint_interval=1, nproc_per_node=1, sample_tokens=0)
-    with pytest.raises(PretrainError, match=r"non-finite loss or gradient at step 2.*step-0000001"):
+    with pytest.raises(DivergedError, match=r"non-finite loss or gradient at step 2.*step-0000001"):
         pretrain(cfg, {"train_tokenizer": tokens_stage}, tmp_path, MetricLogger())
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [1]
     assert not (tmp_path / "model").exists() and not (tmp_path / "train_summary.json").exists()

@@ -45,7 +45,11 @@ class StageReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class QualityGateError(RuntimeError):
+class PermanentStageError(RuntimeError):
+    """A failure that would repeat on retry (bad data, a diverged run, a failed gate): never retried."""
+
+
+class QualityGateError(PermanentStageError):
     """A stage finished but its output failed a configured quality gate."""
 
 

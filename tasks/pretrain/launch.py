@@ -26,7 +26,7 @@ from typing import Any
 
 from conf.pretrain import PretrainConfig
 from tasks.common.artifacts import Manifest, atomic_write_text
-from tasks.common.stage import StageReport
+from tasks.common.stage import PermanentStageError, StageReport
 from tasks.common.tracking import RUN_ID_ENV, MetricLogger
 
 log = logging.getLogger("lmforge.pretrain")
@@ -38,6 +38,10 @@ _RANK_PREFIX = re.compile(r"^\[[A-Za-z_]+(\d+)\]:(.*)$")  # torchrun --tee: "[de
 
 class PretrainError(RuntimeError):
     """The training workers failed; the message carries the failing rank's error and log tail."""
+
+
+class DivergedError(PretrainError, PermanentStageError):
+    """A rank stopped on a non-finite loss: deterministic for a given seed, so retrying cannot help."""
 
 
 def write_spec(cfg: PretrainConfig, tokens_dir: Path, tokenizer_dir: Path, path: Path) -> Path:
@@ -104,7 +108,8 @@ def run_torchrun(cmd: list[str], env: dict[str, str], out: Path, log_dir: Path) 
         _terminate(proc)
         raise
     if code != 0:
-        raise PretrainError(failure_message(code, list(agent), tails, out, log_dir))
+        message = failure_message(code, list(agent), tails, out, log_dir)
+        raise (DivergedError if "NonFiniteLossError" in message else PretrainError)(message)
 
 
 def _terminate(proc: subprocess.Popen) -> None:
