@@ -1,0 +1,143 @@
+"""Configs of the alignment stages: `align_data` (instruction and preference pairs), `sft`, `reward`.
+
+Defaults suit the `tiny` preset (CPU, the whole lifecycle in minutes); bigger presets override them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from conf.base import StageConfig
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+RejectedKind = Literal["other_object", "truncated", "shuffled"]
+
+
+class DatasetSource(BaseModel):
+    """A user dataset in one of trl's standard formats: a local JSONL/JSON/Parquet file or a Hub dataset.
+
+    SFT rows: `messages` (the last message is the assistant's answer) or `prompt`/`completion`.
+    Preference rows: `prompt`/`chosen`/`rejected` (or conversational `chosen`/`rejected` with an implicit
+    prompt). Strings and message lists are both accepted.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(description="Local .jsonl/.json/.parquet file, or a Hugging Face dataset id.")
+    name: str | None = Field(None, description="Hub dataset config name.")
+    split: str = Field("train", description="Hub dataset split to read.")
+    revision: str | None = Field(None, description="Hub dataset revision (pin it: the cache keys on it).")
+    label: str | None = Field(None, description="Name used in ids and counts; default: the file stem / dataset id.")
+    max_rows: int | None = Field(None, gt=0, description="Read at most this many rows.")
+    eval_fraction: float | None = Field(
+        None, ge=0, lt=1, description="Share of rows held out (by prompt hash); default: align_data.eval_fraction."
+    )
+
+    @property
+    def is_local(self) -> bool:
+        return self.path.endswith(LOCAL_SUFFIXES) or Path(self.path).expanduser().exists()
+
+    @property
+    def tag(self) -> str:
+        raw = self.label or (Path(self.path).stem if self.is_local else self.path)
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
+
+
+class AlignDataConfig(StageConfig):
+    builtin: bool = Field(True, description="Build instruction/preference pairs from the pydocs documents.")
+    kinds: list[Literal["function", "method", "class", "module"]] = Field(
+        default_factory=lambda: ["function", "method", "class", "module"], min_length=1,
+        description="pydocs object kinds that become prompts.",
+    )
+    eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of modules held out for evaluation.")
+    seed: int = Field(0, description="Seeds the module split and the choice of rejected answers.")
+    min_response_chars: int = Field(20, ge=1, description="Summaries shorter than this make no pair.")
+    max_response_chars: int = Field(
+        320, ge=40, description="Summaries are cut at the last whole sentence within this length."
+    )
+    max_signature_chars: int = Field(100, ge=10, description="Longer signatures are shown as '(...)'.")
+    max_pairs: int | None = Field(None, gt=0, description="Cap on built-in pairs (chosen by id hash).")
+    rejected_weights: dict[RejectedKind, float] = Field(
+        default_factory=lambda: {"other_object": 0.5, "truncated": 0.25, "shuffled": 0.25},
+        description="How rejected answers are made: another object's summary from the same module, "
+        "the right summary cut short, or its sentences (or words) shuffled.",
+    )
+    sft_datasets: list[DatasetSource] = Field(default_factory=list, description="User SFT datasets, added.")
+    pref_datasets: list[DatasetSource] = Field(default_factory=list, description="User preference datasets, added.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AlignDataConfig:
+        if any(w < 0 for w in self.rejected_weights.values()) or sum(self.rejected_weights.values()) <= 0:
+            raise ValueError("rejected_weights: weights must be >= 0 with a positive sum")
+        if self.min_response_chars >= self.max_response_chars:
+            raise ValueError("min_response_chars must be below max_response_chars")
+        if not self.builtin and not self.sft_datasets and not self.pref_datasets:
+            raise ValueError("builtin is false and no sft_datasets/pref_datasets are given: there would be no data")
+        return self
+
+    def result_fields(self) -> dict[str, Any]:
+        """Also key the cache on the content of local dataset files, so editing a file re-runs the stage."""
+        data = super().result_fields()
+        files = {}
+        for src in [*self.sft_datasets, *self.pref_datasets]:
+            p = Path(src.path).expanduser()
+            if src.is_local and p.is_file():
+                files[src.path] = hashlib.sha256(p.read_bytes()).hexdigest()
+        if files:
+            data["_dataset_sha256"] = files
+        return data
+
+
+class TrainLoop(StageConfig):
+    """Optimisation knobs shared by the sft and reward stages."""
+
+    NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset(
+        {"logging_steps", "eval_steps", "eval_batch_size", "threads"}
+    )
+
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training pairs (unless max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(16, gt=0, description="Examples (or pairs) per device per step.")
+    grad_accum: int = Field(1, gt=0)
+    max_length: int = Field(384, ge=16, description="Token cap per sequence.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    seed: int = 0
+    bf16: bool | None = Field(None, description="None: bf16 on a GPU that supports it, fp32 on CPU.")
+    max_train_samples: int | None = Field(None, gt=0, description="Use at most this many training rows.")
+    max_eval_samples: int | None = Field(200, gt=0, description="Rows used for the eval loss during training.")
+    logging_steps: int = Field(10, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; default: 5 x logging_steps.")
+    eval_batch_size: int = Field(32, gt=0)
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's (all cores).")
+
+
+class SftConfig(TrainLoop):
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="Module names that get LoRA adapters.",
+    )
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(2e-3, gt=0)
+
+
+class RewardConfig(TrainLoop):
+    learning_rate: float = Field(3e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(16, gt=0, description="Preference pairs per device per step.")
+    max_length: int = Field(512, ge=16, description="Pairs longer than this are left out of training.")
+    center_rewards_coefficient: float | None = Field(
+        0.01, ge=0, description="Pushes rewards toward mean zero (helps PPO's scale); None turns it off."
+    )
+    min_eval_accuracy: float = Field(
+        0.6, ge=0, le=1, description="Quality gate: held-out pair accuracy must reach this."
+    )
