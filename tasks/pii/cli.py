@@ -45,8 +45,9 @@ def _records(fh: IO[str], name: str, text_field: str, bad: list[int], err: IO[st
         print(f"{name}:{lineno}: {problem}; line skipped", file=err)
 
 
-def scrub_jsonl(src: str, dst: str, cfg: PiiConfig, text_field: str = "text", err: IO[str] = sys.stderr) -> dict:
+def scrub_jsonl(src: str, dst: str, cfg: PiiConfig, text_field: str = "text", err: IO[str] | None = None) -> dict:
     """Scrub `src` into `dst` (paths or `-`); returns a summary: records, with_pii, by_type, bad_lines."""
+    err = err or sys.stderr  # looked up per call: sys.stderr may have been replaced since import
     bad: list[int] = []
     by_type: Counter[str] = Counter()
     records = with_pii = 0
