@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import save  # noqa: E402
 from tasks.dedup.core import Params, UnionFind, find_duplicates, normalize, shingles  # noqa: E402
 
 
@@ -120,7 +121,7 @@ def ours(
     return roots
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--num-perm", type=int, default=128)
@@ -130,7 +131,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="first corpus seed")
     ap.add_argument("--seeds", type=int, default=3, help="corpora to run (seed, seed+1, ...)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dedup.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     load = round(os.getloadavg()[0], 2)  # other work on the machine slows every row alike
 
     methods = {
@@ -221,6 +222,11 @@ def main() -> None:
             f"{r['recall']} | {r['pairs_predicted']} |"
         )
     print(f"\nwrote {args.out}")
+    # the table `make bench` gathers into bench/results/SUMMARY.md and logs to MLflow
+    save("dedup", [{"bench": f"dedup: {r['method']}", "unit": "docs/s", "ours": r["docs_per_s"],
+                    "speedup": r["speedup"], "precision": r["precision"], "recall": r["recall"]} for r in rows],
+         result)
+    return args.out
 
 
 if __name__ == "__main__":
