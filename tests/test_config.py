@@ -8,7 +8,9 @@ from conf.loader import ConfigError, apply_override, available_presets, load_con
 
 
 def test_presets_load_and_are_frozen():
-    assert {"tiny", "smoke"} <= set(available_presets())
+    assert {"tiny", "smoke", "small", "gpt2"} <= set(available_presets())
+    for name in available_presets():
+        assert load_config(name).preset == name
     cfg = load_config("tiny")
     assert cfg.preset == "tiny"
     with pytest.raises(Exception):
