@@ -54,7 +54,7 @@ def preset_data(name: str) -> dict[str, Any]:
     parent = data.pop("extends", None)
     if parent:
         data = _deep_merge(preset_data(parent), data)
-    data.setdefault("preset", name)
+    data["preset"] = name
     return data
 
 
