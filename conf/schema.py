@@ -7,8 +7,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from conf.align import AlignDataConfig, RewardConfig, SftConfig
 from conf.collect import CollectConfig
 from conf.dedup import DedupConfig
+from conf.evaluate import EvaluateConfig, ExportConfig
+from conf.filter import FilterConfig
+from conf.pii import PiiConfig
+from conf.ppo import PpoConfig
+from conf.pretrain import PretrainConfig
+from conf.tokenizer import TokenizerConfig
 
 
 class TrackingConfig(BaseModel):
@@ -33,7 +40,17 @@ class PipelineConfig(BaseModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     collect: CollectConfig = Field(default_factory=CollectConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    align_data: AlignDataConfig = Field(default_factory=AlignDataConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    ppo: PpoConfig = Field(default_factory=PpoConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     def resolved_artifacts_root(self) -> Path:
         root = self.artifacts_root or os.environ.get("LMFORGE_ARTIFACTS") or "artifacts"

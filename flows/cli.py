@@ -35,15 +35,20 @@ def print_summary(run, console=None) -> None:
 
     from flows.stages import STAGES
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 150)
     table = Table(title="lmforge pipeline")
     for col in ("stage", "status", "seconds", "key figure", "folder"):
         table.add_column(col)
     for name, r in run.results.items():
-        table.add_row(name, r.status, f"{r.seconds:.1f}", r.key_figure(STAGES[name].key_figure), r.manifest.path)
+        folder = Path(r.manifest.path)
+        table.add_row(name, r.status, f"{r.seconds:.1f}", r.key_figure(STAGES[name].key_figure),
+                      f"{folder.parent.name}/{folder.name}")
     if run.failed_stage:
         table.add_row(run.failed_stage, "[red]failed[/red]", "", "", "")
     console.print(table)
+    if run.results:
+        root = Path(next(iter(run.results.values())).manifest.path).parents[1]
+        console.print(f"stage folders under {root}")
     console.print(f"total {run.seconds:.1f}s; MLflow run {run.run_id}")
     if run.error:
         console.print(f"[red]{run.failed_stage} failed:[/red] {run.error}")
@@ -81,6 +86,18 @@ def cmd_show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from tasks.dedup.cli import run
+
+    return run(args)
+
+
+def cmd_scrub(args: argparse.Namespace) -> int:
+    from tasks.pii.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -100,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show-config", help="print the resolved configuration")
     _config_args(p)
     p.set_defaults(func=cmd_show_config)
+
+    from tasks.dedup.cli import add_arguments as dedup_arguments
+
+    p = sub.add_parser("dedup", help="remove exact and near duplicates from a JSONL file (MinHash LSH)")
+    dedup_arguments(p)
+    p.set_defaults(func=cmd_dedup)
+
+    from tasks.pii.cli import add_arguments as scrub_arguments
+
+    p = sub.add_parser("scrub", help="replace PII in a JSONL file with <TYPE> placeholders, offsets in `pii`")
+    scrub_arguments(p)
+    p.set_defaults(func=cmd_scrub)
     return parser
 
 

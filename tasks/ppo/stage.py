@@ -1,0 +1,277 @@
+"""Stage `ppo`: RLHF of the SFT policy against the reward model, then a held-out comparison with SFT.
+
+`algorithm: ppo` (default) runs our PPO trainer (tasks/ppo/trainer.py); `grpo` and `rloo` run trl's
+trainers with the same reward model, prompts, LoRA adapter and outputs, so the three compare in MLflow
+on the same metrics (`reward_ppo_eval`, `reward_gain`, `kl_ref_eval`, curves `ppo/score` ...).
+
+Outputs: `adapter/` (the LoRA adapter + tokenizer), `model/` (merged policy + tokenizer),
+`metrics.json`, `eval_samples.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from conf.ppo import PpoConfig
+from tasks.common.artifacts import Manifest, read_manifest
+from tasks.common.hf_callback import MetricLoggerCallback
+from tasks.common.models import load_causal_lm, load_tokenizer, model_dir, save_model_folder, trainer_args
+from tasks.common.stage import StageReport
+from tasks.common.tracking import RUN_ID_ENV, MetricLogger, MlflowLogger
+from tasks.ppo.rollout import Messages, RewardModelScorer
+from tasks.ppo.trainer import PPOTrainer, heldout_eval, make_accelerator
+
+log = logging.getLogger(__name__)
+STAGE_VERSION = 1
+REPORT_NAME = "metrics.json"
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+def read_prompts(manifest: Manifest, name: str) -> list[Messages]:
+    """The `prompt` messages of align_data's `name` (trl conversational JSONL)."""
+    path = manifest.file(name)
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                prompt = json.loads(line)["prompt"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'prompt' message list ({e})") from e
+            if not (isinstance(prompt, list) and prompt and prompt[-1].get("role") == "user"):
+                raise ValueError(f"{path}:{lineno}: 'prompt' must be a list of messages ending with a user turn")
+            prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts; check the align_data stage")
+    return prompts
+
+
+def check_same_vocab(policy_tok, reward_tok, sft_dir: Path, reward_dir: Path) -> None:
+    """The value model (a copy of the reward model) reads the policy's token ids: the vocabularies must match."""
+    if policy_tok.get_vocab() != reward_tok.get_vocab():
+        raise ValueError(
+            f"the policy tokenizer ({sft_dir}) and the reward model's tokenizer ({reward_dir}) differ; "
+            "PPO initialises its value model from the reward model, so both must use the same tokenizer"
+        )
+
+
+def lora_config(cfg: PpoConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM", bias="none",
+    )
+
+
+# ---- the stage --------------------------------------------------------------------------------
+def ppo(cfg: PpoConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
+    if cfg.num_processes > 1:
+        return launch(cfg, inputs, out, log_)
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads and not torch.cuda.is_available():
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        report = train(cfg, inputs, out, log_)
+    finally:
+        torch.set_num_threads(threads)
+    assert report is not None
+    return report
+
+
+def train(cfg: PpoConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport | None:
+    """Train in this process (one of several under torchrun); the main process writes the outputs."""
+    from peft import get_peft_model
+
+    from tasks.reward import load_reward_model
+
+    torch.manual_seed(cfg.seed)
+    sft_dir, reward_dir = model_dir(inputs["sft"]), model_dir(inputs["reward"])
+    tok, reward_tok = load_tokenizer(sft_dir), load_tokenizer(reward_dir)
+    tok.padding_side = "left"
+    train_prompts = read_prompts(inputs["align_data"], "sft/train.jsonl")[: cfg.max_train_prompts]
+    eval_prompts = read_prompts(inputs["align_data"], "sft/eval.jsonl")
+
+    acc = make_accelerator()
+    reward_model = load_reward_model(reward_dir, reward_tok).requires_grad_(False).to(acc.device)
+    scorer = RewardModelScorer(reward_model, reward_tok)
+    base = load_causal_lm(sft_dir)
+
+    if cfg.algorithm == "ppo":
+        check_same_vocab(tok, reward_tok, sft_dir, reward_dir)
+        policy = get_peft_model(base, lora_config(cfg))
+        value = load_reward_model(reward_dir, reward_tok)
+        trainer = PPOTrainer(cfg, policy, tok, value, scorer, train_prompts, log_, acc)
+        history = trainer.train()
+        policy = trainer.unwrapped_policy()
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return None
+    else:
+        policy, history = train_trl(cfg, base, tok, reward_model, reward_tok, train_prompts, out, log_)
+        if policy is None:
+            return None
+    return finish(cfg, policy, tok, scorer, eval_prompts, history, out, log_)
+
+
+def finish(cfg, policy, tok, scorer, eval_prompts, history, out: Path, log_: MetricLogger) -> StageReport:
+    """Held-out comparison with the SFT policy, then the adapter, the merged model and the report."""
+    policy.save_pretrained(out / "adapter")
+    tok.save_pretrained(out / "adapter")
+    metrics, table = heldout_eval(policy, tok, scorer, eval_prompts, cfg)
+    (out / "eval_samples.json").write_text(json.dumps(table, indent=1, ensure_ascii=False), encoding="utf-8")
+    log_.log_table(table, "ppo/eval_samples.json")
+    merged = policy.merge_and_unload()
+    tok.padding_side = "right"  # the saved tokenizer's default, as the SFT model's
+    save_model_folder(merged, tok, out / "model")
+    if history:
+        metrics.update({"train_score_first": history[0]["score"], "train_score_last": history[-1]["score"],
+                        "kl_coef_last": history[-1]["kl_coef"]})
+        if "kl" in history[-1]:
+            metrics["train_kl_last"] = history[-1]["kl"]
+    log.info("ppo (%s): held-out reward SFT %.4f -> tuned %.4f (gain %.4f), KL to SFT %.3f", cfg.algorithm,
+             metrics["reward_sft_eval"], metrics["reward_ppo_eval"], metrics["reward_gain"], metrics["kl_ref_eval"])
+    report = StageReport(
+        counts={"steps": cfg.steps, "eval_prompts": int(metrics.pop("eval_prompts"))},
+        metrics=metrics,
+        extra={"algorithm": cfg.algorithm, "adapter": "adapter", "model": "model"},
+    )
+    (out / REPORT_NAME).write_text(
+        json.dumps({"counts": report.counts, "metrics": report.metrics, "extra": report.extra}, indent=2)
+    )
+    return report
+
+
+def gate(cfg: PpoConfig, manifest: Manifest) -> str | None:
+    m = manifest.metrics
+    gain, kl = m.get("reward_gain"), m.get("kl_ref_eval")
+    if gain is None or kl is None:
+        return "the manifest has no reward_gain / kl_ref_eval metrics (the held-out evaluation did not run)"
+    problems = []
+    if not gain > cfg.min_reward_gain:
+        problems.append(
+            f"held-out reward gain over SFT {gain:.4f} (SFT {m.get('reward_sft_eval', float('nan')):.4f} -> "
+            f"{cfg.algorithm} {m.get('reward_ppo_eval', float('nan')):.4f}) is not above ppo.min_reward_gain="
+            f"{cfg.min_reward_gain}"
+        )
+    if not kl <= cfg.max_kl:
+        problems.append(f"KL to the SFT policy on held-out prompts {kl:.3f} exceeds ppo.max_kl={cfg.max_kl}")
+    return "; ".join(problems) or None
+
+
+# ---- GRPO / RLOO through trl ------------------------------------------------------------------
+def train_trl(cfg: PpoConfig, base, tok, reward_model, reward_tok, prompts, out: Path, log_: MetricLogger):
+    """trl's GRPOTrainer/RLOOTrainer with our reward model; returns (peft policy, history) on the main process."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    if cfg.algorithm == "grpo":
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+    else:
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_rollout = cfg.batch_size // cfg.mini_batch_size * cfg.ppo_epochs  # optimizer steps per rollout batch
+    scratch = Path(tempfile.mkdtemp(prefix=f"lmforge-{cfg.algorithm}-"))
+    args = Config(
+        output_dir=str(scratch), seed=cfg.seed, learning_rate=cfg.learning_rate,
+        # PPO's schedule: `steps` rollouts of batch_size completions, each used for ppo_epochs passes
+        # of mini_batch_size minibatches
+        max_steps=cfg.steps * per_rollout, per_device_train_batch_size=cfg.mini_batch_size // world,
+        generation_batch_size=cfg.batch_size, num_iterations=cfg.ppo_epochs, num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        beta=cfg.init_kl_coef, epsilon=cfg.cliprange, max_grad_norm=cfg.max_grad_norm,
+        disable_dropout=True, logging_steps=cfg.log_every * per_rollout, remove_unused_columns=False,
+        **trainer_args(bf16=False),
+    )
+    eos_id = tok.eos_token_id
+    reward_funcs: list = [reward_model]
+    if cfg.missing_eos_penalty:
+        penalty = cfg.missing_eos_penalty
+
+        def missing_eos(completion_ids, **_):
+            return [0.0 if eos_id in ids else -penalty for ids in completion_ids]
+
+        reward_funcs.append(missing_eos)
+    history: list[dict[str, float]] = []
+    rm_name = reward_model.config._name_or_path.split("/")[-1]
+
+    class SharedNames(TrainerCallback):
+        """trl's logs under the `ppo/...` names the PPO trainer uses, so the algorithms compare in MLflow."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or not state.is_world_process_zero or f"rewards/{rm_name}/mean" not in logs:
+                return
+            shared = {"ppo/score": logs.get(f"rewards/{rm_name}/mean"), "ppo/kl_per_token": logs.get("kl"),
+                      "ppo/entropy": logs.get("entropy"), "ppo/response_length": logs.get("completions/mean_length"),
+                      "ppo/policy_clipfrac": logs.get("clip_ratio/region_mean"), "ppo/kl_coef": cfg.init_kl_coef}
+            row = {k: float(v) for k, v in shared.items() if v is not None}
+            log_.log_metrics(row, step=-(-state.global_step // per_rollout))  # the rollout step, as PPO's
+            history.append({"score": row["ppo/score"], "kl_coef": cfg.init_kl_coef})
+
+    trainer = Trainer(
+        model=base, reward_funcs=reward_funcs, args=args,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        processing_class=tok, reward_processing_classes=[reward_tok] + [None] * (len(reward_funcs) - 1),
+        peft_config=lora_config(cfg),
+        callbacks=[MetricLoggerCallback(log_, prefix=f"{cfg.algorithm}/"), SharedNames()],
+    )
+    trainer.train()
+    shutil.rmtree(scratch, ignore_errors=True)
+    if not trainer.accelerator.is_main_process:
+        return None, history
+    tok.padding_side = "left"
+    return trainer.accelerator.unwrap_model(trainer.model), history
+
+
+# ---- several processes ------------------------------------------------------------------------
+def launch(cfg: PpoConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
+    """Run `train` under torchrun with `cfg.num_processes` ranks; rank 0 writes the outputs and the report."""
+    spec = out / ".launch.json.tmp"  # .tmp: left out of the manifest
+    spec.write_text(json.dumps({"config": cfg.model_dump(mode="json"),
+                                "inputs": {k: m.path for k, m in inputs.items()}, "out": str(out)}))
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // cfg.num_processes))
+    if isinstance(log_, MlflowLogger):
+        env[RUN_ID_ENV], env["MLFLOW_TRACKING_URI"] = log_.run_id, log_.tracking_uri
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.num_processes}",
+           "-m", "tasks.ppo", str(spec)]
+    log.info("ppo: launching %s", " ".join(cmd))
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[2])
+    spec.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ppo: torchrun exited with code {proc.returncode}; see the log above (command: {cmd})")
+    data = json.loads((out / REPORT_NAME).read_text())
+    return StageReport(counts=data["counts"], metrics=data["metrics"], extra=data["extra"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of each torchrun rank: `python -m tasks.ppo SPEC.json`."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    cfg = PpoConfig.model_validate(spec["config"])
+    inputs = {}
+    for name, path in spec["inputs"].items():
+        manifest = read_manifest(Path(path))
+        if manifest is None:
+            raise FileNotFoundError(f"input stage {name} at {path} has no manifest")
+        inputs[name] = manifest
+    logging.basicConfig(level=logging.INFO)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        train(cfg, inputs, Path(spec["out"]), MlflowLogger.from_env() if rank0 else MetricLogger())
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
