@@ -17,7 +17,7 @@ from tasks.common.artifacts import (
     write_manifest,
 )
 from tasks.common.stage import QualityGateError, StageReport, StageSpec, run_stage
-from tests.helpers import documents_stage, docs
+from tests.helpers import docs, documents_stage
 
 
 class ToyConfig(StageConfig):

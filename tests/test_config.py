@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from conf.loader import ConfigError, apply_override, available_presets, load_config, parse_override
 
@@ -13,8 +14,8 @@ def test_presets_load_and_are_frozen():
         assert load_config(name).preset == name
     cfg = load_config("tiny")
     assert cfg.preset == "tiny"
-    with pytest.raises(Exception):
-        cfg.name = "other"  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.name = "other"
 
 
 def test_smoke_extends_tiny():

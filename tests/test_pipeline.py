@@ -46,7 +46,7 @@ def test_every_stage_ran_and_has_its_child_run(pipeline, mlflow_uri):
         for metric, value in manifest.metrics.items():
             assert child.data.metrics[metric] == pytest.approx(value), (name, metric)
     pre = by_stage["pretrain"]
-    history = client.get_metric_history(pre.info.run_id, "train/loss")
+    history = client.get_metric_history(pre.info.run_id, "loss")
     assert len(history) > 3 and history[-1].value < history[0].value  # the curve is there and falls
 
 

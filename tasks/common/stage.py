@@ -89,7 +89,7 @@ class StageResult:
         if not name:
             return ""
         m = self.manifest
-        value = m.counts.get(name, m.metrics.get(name))
+        value = m.counts.get(name, m.metrics.get(name, m.extra.get(name)))
         if value is None:
             return ""
         shown = f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
