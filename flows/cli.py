@@ -46,6 +46,16 @@ def print_summary(run, console=None) -> None:
     if run.failed_stage:
         table.add_row(run.failed_stage, "[red]failed[/red]", "", "", "")
     console.print(table)
+    if "evaluate" in run.results:
+        metrics = run.results["evaluate"].manifest.metrics
+        shown = [f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("eval/")]
+        console.print("key metrics: " + ", ".join(shown))
+    if "export" in run.results:
+        export = run.results["export"].manifest
+        console.print(f"model card: {Path(export.path) / 'model' / 'README.md'}")
+        if export.extra.get("registered_model_name"):
+            console.print(f"registered model: {export.extra['registered_model_name']} "
+                          f"version {export.extra.get('registered_model_version')}")
     if run.results:
         root = Path(next(iter(run.results.values())).manifest.path).parents[1]
         console.print(f"stage folders under {root}")
