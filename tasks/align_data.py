@@ -24,7 +24,7 @@ from typing import Any
 
 from conf.align import AlignDataConfig, DatasetSource
 from tasks.common.artifacts import Manifest
-from tasks.common.data import Document, read_documents
+from tasks.common.data import Document, iter_jsonl, read_documents
 from tasks.common.splits import is_eval_module
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
@@ -353,8 +353,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return [rec for _, rec in iter_jsonl(path)]
 
 
 def align_data(cfg: AlignDataConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:

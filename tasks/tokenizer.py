@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from conf.tokenizer import SPECIAL_TOKENS, TokenizerConfig
 from tasks.common.artifacts import Manifest
-from tasks.common.data import Document, read_documents
+from tasks.common.data import Document, iter_jsonl, read_documents
 from tasks.common.stage import StageReport
 from tasks.common.tokens import INDEX_FILE, TokenShardWriter
 from tasks.common.tracking import MetricLogger
@@ -88,17 +88,10 @@ class Decontaminator:
     def from_manifest(cls, manifest: Manifest, ngram: int) -> Decontaminator:
         path = manifest.file(EVAL_DOCUMENTS)
         docs = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    docs.append({"id": rec["id"], "text": rec["text"]})
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(
-                        f"{path}:{lineno}: expected a JSON object with 'id' and 'text' ({e})"
-                    ) from e
+        for lineno, rec in iter_jsonl(path):
+            if not (isinstance(rec, dict) and "id" in rec and isinstance(rec.get("text"), str)):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with 'id' and 'text'")
+            docs.append({"id": rec["id"], "text": rec["text"]})
         return cls(docs, ngram)
 
     def check(self, doc: Document) -> dict | None:

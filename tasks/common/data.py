@@ -90,6 +90,18 @@ class ShardWriter:
         self.close()
 
 
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line; a line that is not JSON raises naming path:line."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+
+
 def read_shard(path: Path) -> Iterator[Document]:
     with _open_text(path, "r") as fh:
         for lineno, line in enumerate(fh, 1):

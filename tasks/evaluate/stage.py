@@ -13,6 +13,7 @@ import torch
 
 from conf.evaluate import EvaluateConfig
 from tasks.common.artifacts import Manifest
+from tasks.common.data import iter_jsonl
 from tasks.common.stage import StageReport
 from tasks.common.tokens import INDEX_FILE, open_split
 from tasks.common.tracking import MetricLogger
@@ -23,15 +24,10 @@ log = logging.getLogger(__name__)
 
 def read_jsonl(path: Path, limit: int) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if len(rows) >= limit:
-                break
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not JSON ({e})") from e
+    for _, rec in iter_jsonl(path):
+        if len(rows) >= limit:
+            break
+        rows.append(rec)
     if not rows:
         raise ValueError(f"{path} is empty: the align_data stage produced no held-out examples")
     return rows

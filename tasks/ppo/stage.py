@@ -23,6 +23,7 @@ import torch
 
 from conf.ppo import PpoConfig
 from tasks.common.artifacts import Manifest, read_manifest
+from tasks.common.data import iter_jsonl
 from tasks.common.hf_callback import MetricLoggerCallback
 from tasks.common.models import load_causal_lm, load_tokenizer, model_dir, save_model_folder, trainer_args
 from tasks.common.stage import StageReport
@@ -40,17 +41,11 @@ def read_prompts(manifest: Manifest, name: str) -> list[Messages]:
     """The `prompt` messages of align_data's `name` (trl conversational JSONL)."""
     path = manifest.file(name)
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                prompt = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'prompt' message list ({e})") from e
-            if not (isinstance(prompt, list) and prompt and prompt[-1].get("role") == "user"):
-                raise ValueError(f"{path}:{lineno}: 'prompt' must be a list of messages ending with a user turn")
-            prompts.append(prompt)
+    for lineno, rec in iter_jsonl(path):
+        prompt = rec.get("prompt") if isinstance(rec, dict) else None
+        if not (isinstance(prompt, list) and prompt and prompt[-1].get("role") == "user"):
+            raise ValueError(f"{path}:{lineno}: 'prompt' must be a list of messages ending with a user turn")
+        prompts.append(prompt)
     if not prompts:
         raise ValueError(f"{path} holds no prompts; check the align_data stage")
     return prompts
