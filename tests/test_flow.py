@@ -78,6 +78,12 @@ def test_mlflow_parent_and_child_runs(runs, mlflow_uri):
     (upstream_name,) = [k for k in up.inputs]
     assert dedup_run.data.tags[f"lmforge.upstream.{upstream_name}.run_id"] == by_stage[upstream_name].info.run_id
     assert dedup_run.data.metrics["count/documents"] == up.counts["documents"]
+    # the upstream stage folder is the run's dataset input, named after the stage, digest = content hash
+    (ds_input,) = dedup_run.inputs.dataset_inputs
+    upstream_manifest = first.results[upstream_name].manifest
+    assert ds_input.dataset.name == upstream_name
+    assert ds_input.dataset.digest == upstream_manifest.content_hash
+    assert upstream_manifest.path in ds_input.dataset.source
 
 
 def test_cached_stages_link_to_the_run_that_built_them(runs, mlflow_uri):

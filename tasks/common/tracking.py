@@ -211,7 +211,26 @@ class Tracker:
         )
         logger = MlflowLogger(self.tracking_uri, run.info.run_id)
         logger.log_params(params)
+        self._log_upstream_inputs(run.info.run_id, upstream)
         return logger
+
+    def _log_upstream_inputs(self, run_id: str, upstream: Mapping[str, Any]) -> None:
+        """Each upstream stage folder as an MLflow dataset input (name = stage, digest = content hash),
+        so the UI's Datasets column shows what every stage was built from."""
+        if not upstream:
+            return
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(
+                MetaDataset(LocalArtifactDatasetSource(m.path), name=name, digest=m.content_hash)._to_mlflow_entity(),
+                tags=[InputTag("mlflow.data.context", "lmforge.upstream")],
+            )
+            for name, m in upstream.items()
+        ]
+        self.client.log_inputs(run_id, datasets=inputs)
 
     def end(self, logger: MetricLogger, status: str = "FINISHED") -> None:
         if logger.run_id:
