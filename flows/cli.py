@@ -24,9 +24,14 @@ def _load(args: argparse.Namespace):
 
 
 def _prefect_env() -> None:
-    """Quiet defaults for a local run: no analytics; ephemeral server unless PREFECT_API_URL is set."""
+    """Quiet defaults for a local run: no analytics; ephemeral server unless PREFECT_API_URL is set;
+    no per-batch progress bars from transformers/datasets/hub, whose lines would bury the stage logs
+    (each stage logs its own progress). Any of these can be overridden from the environment."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # also turns the Trainer's tqdm off
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def print_summary(run, console=None) -> None:
