@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         print(f"=== bench {name}", flush=True)
         try:
-            results.append(importlib.import_module(f"bench.bench_{name}").main())
+            module = importlib.import_module(f"bench.bench_{name}")
+            saved_argv, sys.argv = sys.argv, [module.__name__]  # each bench runs with its own defaults
+            try:
+                results.append(module.main())
+            finally:
+                sys.argv = saved_argv
         except Exception as e:  # keep going: one broken bench should not hide the others' numbers
             failed.append(name)
             print(f"bench {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
