@@ -69,6 +69,9 @@ def print_summary(run, console=None) -> None:
         console.print(f"[red]{run.failed_stage} failed:[/red] {run.error}")
     uri = run.tracking_uri
     console.print(f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)")
+    if run.experiment_id:
+        console.print(f"  then open http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs "
+                      "(expand a pipeline run to see its stages)")
 
 
 def cmd_run(args: argparse.Namespace, targets: list[str] | None = None) -> int:

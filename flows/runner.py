@@ -91,6 +91,7 @@ class PipelineRun:
 
     run_id: str | None
     tracking_uri: str
+    experiment_id: str | None = None
     results: dict[str, StageResult] = field(default_factory=dict)
     seconds: float = 0.0
     failed_stage: str | None = None
@@ -113,7 +114,7 @@ def run_pipeline(config: PipelineConfig, targets: list[str] | None = None, run_n
         tags={"lmforge.preset": config.preset, "lmforge.stages": ",".join(stages), "lmforge.artifacts_root": root},
     )
     handle = TrackingHandle(tracker.tracking_uri, config.tracking.experiment, parent.run_id)
-    run = PipelineRun(parent.run_id, tracker.tracking_uri)
+    run = PipelineRun(parent.run_id, tracker.tracking_uri, tracker.experiment_id)
     status = "FAILED"
     try:
         for name in stages:
