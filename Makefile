@@ -18,7 +18,7 @@ SET_ARGS := $(foreach kv,$(SET),--set $(kv))
 ARTIFACTS ?= $(or $(LMFORGE_ARTIFACTS),artifacts)
 
 
-.PHONY: install test test-slow test-all pipeline data pretrain align evaluate stage ui lint format clean show-config bench server worker deploy run-deployment
+.PHONY: install test test-slow test-all test-integration pipeline data pretrain align evaluate stage ui lint format clean show-config bench server worker deploy run-deployment
 
 install: $(STAMP)
 
@@ -36,13 +36,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not integration" -q
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m "slow and not integration" -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Needs PostgreSQL binaries (initdb, pg_ctl): Debian `apt-get install postgresql`; skips without them.
+test-integration: $(STAMP)
+	$(PIP) install -q -e '.[dev,integration]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pytest tests/integration -q -m integration
 
 pipeline: $(STAMP)
 	$(BIN)/lmforge run --preset $(PRESET) $(SET_ARGS)

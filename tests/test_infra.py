@@ -19,7 +19,7 @@ def test_compose_services_bind_to_loopback():
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
     assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
-    assert "postgresql://" in services["mlflow"]["command"]
+    assert "postgresql+psycopg2://" in services["mlflow"]["command"]  # SQLAlchemy 2.1 defaults to psycopg v3
 
 
 def test_no_committed_credentials():

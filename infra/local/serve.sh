@@ -2,7 +2,7 @@
 # Start a local Prefect server and MLflow server on loopback; Ctrl-C stops both.
 # Backends: SQLite under $STATE_DIR by default; PostgreSQL when the URLs below are set:
 #   PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://user:pass@127.0.0.1:5432/prefect
-#   MLFLOW_BACKEND_STORE_URI=postgresql://user:pass@127.0.0.1:5432/mlflow
+#   MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://user:pass@127.0.0.1:5432/mlflow
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 HOST=${HOST:-127.0.0.1}
