@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import statistics
 import threading
@@ -161,9 +162,10 @@ def log_to_mlflow(results: list[Path]) -> str | None:
     for path in results:
         data = json.loads(path.read_text())
         for r in data["rows"]:
-            for key in ("ours", "baseline", "speedup"):
+            for key in ("ours", "baseline", "speedup", "seconds"):
                 if isinstance(r.get(key), int | float):
-                    tracker.client.log_metric(run.info.run_id, f"{r['bench']}/{key}", float(r[key]))
+                    name = re.sub(r"[^\w\-. :/]", "_", f"{r['bench']}/{key}")  # MLflow's allowed characters
+                    tracker.client.log_metric(run.info.run_id, name, float(r[key]))
         tracker.client.log_artifact(run.info.run_id, str(path), "bench")
         md = path.with_suffix(".md")
         if md.exists():
