@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -226,8 +227,11 @@ class PPOTrainer:
         """Run `cfg.steps` rollout+update steps; returns the per-step stats (also logged as ppo/...)."""
         torch.manual_seed(self.cfg.seed + self.acc.process_index)
         for step in range(1, self.cfg.steps + 1):
-            ro = self.rollout(self.next_batch())
+            t0 = time.perf_counter()
+            ro = self.rollout(self.next_batch())  # generation + reward/ref/value scoring
+            t1 = time.perf_counter()
             stats = self.update(ro)
+            stats["time/rollout_s"], stats["time/update_s"] = t1 - t0, time.perf_counter() - t1
             self.history.append(stats)
             if self.acc.is_main_process:
                 if step % self.cfg.log_every == 0 or step == self.cfg.steps:
