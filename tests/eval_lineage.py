@@ -22,6 +22,7 @@ from tasks.common.artifacts import Manifest, write_manifest
 from tasks.common.data import Document, ShardWriter
 from tasks.common.models import save_model_folder
 from tasks.common.tokens import TokenShardWriter
+from tests import helpers
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 
 NAMES = ["join", "split", "loads", "dumps", "chain", "count", "sorted", "mean", "median", "quote", "parse", "walk"]
@@ -41,12 +42,8 @@ def corpus(n: int = 240, seed: int = 0) -> list[str]:
 
 
 def seal(folder: Path, stage: str, inputs: dict[str, Manifest] | None = None, **fields) -> Manifest:
-    """Like tests.helpers.seal, with a config and upstream content hashes so the lineage can be walked."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_manifest(Manifest(
-        stage=stage, stage_hash=f"test{stage[:8]}", stage_version=1, path=str(folder),
-        inputs={k: m.content_hash for k, m in (inputs or {}).items()}, **fields,
-    ))
+    """tests.helpers.seal with a per-stage hash, so every stage of the fake lineage is told apart."""
+    return helpers.seal(folder, stage, inputs, stage_hash=f"test{stage[:8]}", **fields)
 
 
 def train_lm(model, tokens: np.ndarray, steps: int, seed: int, block: int = 64, batch: int = 8, lr: float = 3e-3):

@@ -19,9 +19,16 @@ def documents_stage(root: Path, docs: list[Document], stage: str = "upstream", s
     )
 
 
-def seal(folder: Path, stage: str, **fields) -> Manifest:
-    """Turn a folder a test filled by hand into a finished stage (manifest written last)."""
-    return write_manifest(Manifest(stage=stage, stage_hash="test", stage_version=1, path=str(folder), config={}, **fields))
+def seal(folder: Path, stage: str, inputs: dict[str, Manifest] | None = None, **fields) -> Manifest:
+    """Turn a folder a test filled by hand into a finished stage (manifest written last); `inputs` records
+    upstream content hashes so a lineage can be walked."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fields.setdefault("stage_hash", "test")
+    fields.setdefault("config", {})
+    return write_manifest(Manifest(
+        stage=stage, stage_version=1, path=str(folder),
+        inputs={k: m.content_hash for k, m in (inputs or {}).items()}, **fields,
+    ))
 
 
 def docs(*texts: str, source: str = "test") -> list[Document]:
