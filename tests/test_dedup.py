@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import socket
 import subprocess
 import time
@@ -19,6 +18,7 @@ from tasks.common.tracking import MetricLogger
 from tasks.dedup import core, dedup, gate
 from tasks.dedup.core import Params, find_duplicates
 from tests.helpers import documents_stage, seal
+from tests.services import ensure_debian_binaries
 
 VOCAB = [f"w{i}" for i in range(5000)]
 
@@ -282,35 +282,47 @@ def test_cli_errors_name_the_line(tmp_path, capsys):
     assert "lower threshold or raise num_perm" in capsys.readouterr().err
 
 
-# ---- LSH in Redis (only where redis-server is installed) ---------------------------------------------
+# ---- LSH in Redis (a real redis-server; apt-installed as root on Debian, as in CI) -------------------
 
 
 @pytest.fixture
-def redis_port():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    pytest.importorskip("redis")
+def redis_port(tmp_path):
+    """A throwaway redis-server on a free loopback port, no persistence; stopped afterwards."""
+    exe = ensure_debian_binaries("redis-server", ("redis-server",))["redis-server"]
+    redis = pytest.importorskip("redis", reason="needs the redis client: pip install -e '.[dev]'")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(100):
+    log = tmp_path / "redis.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=tmp_path,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"redis-server did not come up on port {port}:\n{log.read_text(errors='replace')}"
+                    )
+                time.sleep(0.05)
+        client.close()
+        yield port
+    finally:
+        proc.terminate()
         try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(10)
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_redis_storage_gives_the_same_result(corpus, redis_port):
@@ -318,9 +330,11 @@ def test_redis_storage_gives_the_same_result(corpus, redis_port):
 
     docs, _ = corpus
     recs = [(d.id, d.text) for d in docs]
-    storage = DedupConfig(lsh_storage={"type": "redis", "port": redis_port}).lsh_storage.storage_config()
+    lsh_storage = {"type": "redis", "host": "127.0.0.1", "port": redis_port}
+    storage = DedupConfig(lsh_storage=lsh_storage).lsh_storage.storage_config()
     in_redis = find_duplicates(recs, Params(storage_config=storage))
     in_memory = find_duplicates(recs, Params())
     assert in_redis.keep.tolist() == in_memory.keep.tolist()
     assert [vars(d) for d in in_redis.duplicates] == [vars(d) for d in in_memory.duplicates]
-    assert redis.Redis(port=redis_port).dbsize() == 0  # the index's keys are removed afterwards
+    # the index's keys are removed afterwards
+    assert redis.Redis(host="127.0.0.1", port=redis_port).dbsize() == 0

@@ -7,7 +7,6 @@ The PostgreSQL password is generated per run and only passed through the environ
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import signal
@@ -22,35 +21,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import ensure_debian_binaries, find_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 HOST = "127.0.0.1"
 PG_TOOLS = ("initdb", "pg_ctl", "psql")
+PG_BIN_DIRS = ("/usr/lib/postgresql/*/bin",)  # Debian keeps initdb and pg_ctl off PATH
 
 
 def find_pg_tool(name: str) -> str | None:
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found if isinstance(found, str) else (found[-1] if found else None)
+    return find_binary(name, PG_BIN_DIRS)
 
 
 def ensure_postgres_tools() -> None:
     """Skip (with the reason) unless initdb/pg_ctl/psql exist or can be apt-installed here (as root)."""
-    if all(find_pg_tool(t) for t in PG_TOOLS):
-        return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        try:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300)
-            subprocess.run(
-                ["apt-get", "install", "-y", "-q", "postgresql"], env=env, capture_output=True, timeout=600
-            )
-        except subprocess.TimeoutExpired:
-            pass
-    missing = [t for t in PG_TOOLS if not find_pg_tool(t)]
-    if missing:
-        pytest.skip(
-            f"PostgreSQL binaries {missing} not installed and not installable (apt-get install postgresql)"
-        )
+    ensure_debian_binaries("postgresql", PG_TOOLS, PG_BIN_DIRS)
 
 
 def free_port() -> int:
