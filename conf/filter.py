@@ -72,7 +72,6 @@ class FilterConfig(StageConfig):
     samples_per_reason: int = Field(
         5, ge=0, description="Dropped documents kept per reason in dropped_samples.jsonl."
     )
-    shard_docs: int = Field(5000, gt=0, description="Documents per output shard.")
     max_dropped_share: float = Field(
         0.2, ge=0, le=1, description="Quality gate: fail if more than this share of documents is dropped."
     )

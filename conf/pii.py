@@ -33,7 +33,6 @@ class PiiConfig(StageConfig):
     samples_per_type: int = Field(5, ge=0, le=1000, description="Redaction samples (PII masked) kept per type in the report.")
     sample_context: int = Field(40, ge=0, le=500, description="Characters of context each side of a sample.")
     max_pii_left: int = Field(0, ge=0, description="Quality gate: fail if the rescan of the output finds more PII than this.")
-    shard_docs: int = Field(5000, gt=0, description="Documents per output shard.")
     workers: int = Field(1, ge=1, le=256, description="Worker processes (1: scrub in-process).")
     batch_docs: int = Field(256, gt=0, description="Documents sent to a worker at a time.")
 

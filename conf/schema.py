@@ -11,6 +11,7 @@ from conf.align import AlignDataConfig, RewardConfig, SftConfig
 from conf.collect import CollectConfig
 from conf.dedup import DedupConfig
 from conf.evaluate import EvaluateConfig, ExportConfig
+from conf.execution import ExecutionConfig
 from conf.filter import FilterConfig
 from conf.pii import PiiConfig
 from conf.ppo import PpoConfig
@@ -38,6 +39,7 @@ class PipelineConfig(BaseModel):
         None, description="Where stage folders live; default: $LMFORGE_ARTIFACTS, else ./artifacts."
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     collect: CollectConfig = Field(default_factory=CollectConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)

@@ -17,6 +17,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import Task
 
 from conf.schema import PipelineConfig
+from flows.engine import DaskShardMap, ShardCluster
 from flows.stages import STAGES, plan
 from tasks.common.artifacts import Manifest, sha256_text, stage_dir
 from tasks.common.stage import (
@@ -51,12 +52,16 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
     return f"lmforge-{spec.name}-{spec.hash_for(cfg, parameters['inputs'])}-{sha256_text(root)[:8]}"
 
 
-def _run_stage_task(config: PipelineConfig, inputs: dict[str, Manifest], tracking: TrackingHandle) -> StageResult:
+def _run_stage_task(
+    config: PipelineConfig, inputs: dict[str, Manifest], tracking: TrackingHandle, dask_address: str | None = None
+) -> StageResult:
     from prefect.context import get_run_context
 
     spec = STAGES[get_run_context().task.name]
+    map_shards = DaskShardMap(spec.name, dask_address) if dask_address and spec.sharded else None
     return run_stage(
-        spec, config, inputs, config.resolved_artifacts_root(), tracking.tracker(), tracking.parent_run_id
+        spec, config, inputs, config.resolved_artifacts_root(), tracking.tracker(), tracking.parent_run_id,
+        map_shards=map_shards,
     )
 
 
@@ -116,14 +121,16 @@ def run_pipeline(config: PipelineConfig, targets: list[str] | None = None, run_n
     handle = TrackingHandle(tracker.tracking_uri, config.tracking.experiment, parent.run_id)
     run = PipelineRun(parent.run_id, tracker.tracking_uri, tracker.experiment_id)
     status = "FAILED"
+    cluster = ShardCluster(config.execution)
     try:
         for name in stages:
             spec = STAGES[name]
             inputs = {up: run.results[up].manifest for up in spec.inputs}
             done = finished_manifest(stage_dir(root, name, spec.hash_for(config, inputs)))
+            address = cluster.address() if spec.sharded and done is None else None
             t0 = time.perf_counter()
             state = stage_task(spec, root).with_options(refresh_cache=done is None)(
-                config, inputs, handle, return_state=True
+                config, inputs, handle, address, return_state=True
             )
             try:
                 result: StageResult = state.result()
@@ -136,6 +143,7 @@ def run_pipeline(config: PipelineConfig, targets: list[str] | None = None, run_n
             run.results[name] = result
         status = "FINISHED"
     finally:
+        cluster.close()
         run.seconds = time.perf_counter() - started
         _log_summary(parent, run)
         tracker.end(parent, status)

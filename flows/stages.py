@@ -15,13 +15,16 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("collect", collect.collect, "collect", (), collect.STAGE_VERSION, retries=1, key_figure="documents"),
         StageSpec(
             "filter", filter_.filter_documents, "filter", ("collect",), filter_.STAGE_VERSION, retries=1,
-            key_figure="documents", gate=filter_.gate,
+            key_figure="documents", gate=filter_.gate, sharded=True,
         ),
         StageSpec(
             "dedup", dedup.dedup, "dedup", ("filter",), dedup.STAGE_VERSION, retries=1,
-            key_figure="documents", gate=dedup.gate,
+            key_figure="documents", gate=dedup.gate, sharded=True,
         ),
-        StageSpec("scrub", pii.scrub, "pii", ("dedup",), pii.STAGE_VERSION, key_figure="pii_total", gate=pii.gate),
+        StageSpec(
+            "scrub", pii.scrub, "pii", ("dedup",), pii.STAGE_VERSION, key_figure="pii_total", gate=pii.gate,
+            sharded=True,
+        ),
         StageSpec(
             "align_data", align_data.align_data, "align_data", ("scrub",), align_data.STAGE_VERSION,
             key_figure="prefs_eval",

@@ -17,17 +17,18 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from conf.filter import FilterConfig
 from tasks.common.artifacts import Manifest
-from tasks.common.data import Document, ShardWriter, read_documents
+from tasks.common.data import Document
+from tasks.common.shards import ShardJob, ShardMap, first_per_key, map_here, shard_jobs
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: output shard i is what input shard i became
 SAMPLES_FILE = "dropped_samples.jsonl"
 SAMPLE_CHARS = 1500
 
@@ -286,16 +287,26 @@ def first_reason(filters: list[DocFilter], doc: Document) -> str | None:
     return None
 
 
-def filter_documents(
-    cfg: FilterConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger
-) -> StageReport:
-    source = next(iter(inputs.values()))
+@dataclass
+class FilterPart:
+    """What filtering one shard found (picklable: it comes back from a cluster worker)."""
+
+    total: int
+    chars_in: int
+    kept: int
+    kept_chars: int
+    dropped: Counter[str]
+    samples: list[dict]
+
+
+def filter_shard(cfg: FilterConfig, out: Path, job: ShardJob) -> FilterPart:
+    """Filter one input shard into output shard `job.index`; the map step of the stage."""
     filters = build_filters(cfg)
     dropped: Counter[str] = Counter({f.name: 0 for f in filters})
-    samples_path = out / SAMPLES_FILE
+    samples: list[dict] = []
     total = chars_in = 0
-    with ShardWriter(out, cfg.shard_docs) as writer, open(samples_path, "w", encoding="utf-8") as samples:
-        for doc in read_documents(source):
+    with job.writer(out) as writer:
+        for doc in job.documents():
             total += 1
             chars_in += len(doc.text)
             reason = first_reason(filters, doc)
@@ -304,21 +315,37 @@ def filter_documents(
                 continue
             dropped[reason] += 1
             if dropped[reason] <= cfg.samples_per_reason:
-                rec = {"reason": reason, "id": doc.id, "source": doc.source, "words": len(words(doc.text)),
-                       "text": doc.text[:SAMPLE_CHARS]}  # fmt: skip
-                samples.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                samples.append({"reason": reason, "id": doc.id, "source": doc.source, "words": len(words(doc.text)),
+                                "text": doc.text[:SAMPLE_CHARS]})  # fmt: skip
+    return FilterPart(total, chars_in, writer.count, writer.chars, dropped, samples)
+
+
+def filter_documents(
+    cfg: FilterConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger, map_shards: ShardMap | None = None
+) -> StageReport:
+    """Map `filter_shard` over the input shards, then add up the counts and keep the first samples per reason."""
+    source = next(iter(inputs.values()))
+    parts = (map_shards or map_here)(partial(filter_shard, cfg, out), shard_jobs(source))
+    total = sum(p.total for p in parts)
     if total == 0:
         raise ValueError(f"filter: the input stage {source.stage} ({source.path}) has no documents")
-    kept = writer.count
-    counts = {"documents_in": total, "documents": kept, "chars": writer.chars, "dropped": total - kept}
+    kept, kept_chars, chars_in = (sum(getattr(p, f) for p in parts) for f in ("kept", "kept_chars", "chars_in"))
+    dropped: Counter[str] = Counter({f.name: 0 for f in build_filters(cfg)})
+    for p in parts:
+        dropped.update(p.dropped)  # update, not +: a Counter sum drops the zero counts
+    samples_path = out / SAMPLES_FILE
+    with open(samples_path, "w", encoding="utf-8") as fh:
+        for rec in first_per_key((s for p in parts for s in p.samples), "reason", cfg.samples_per_reason):
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    counts = {"documents_in": total, "documents": kept, "chars": kept_chars, "dropped": total - kept}
     counts.update({f"dropped_{reason}": n for reason, n in sorted(dropped.items())})
     metrics = {
         "dropped_share": (total - kept) / total,
-        "kept_chars_share": writer.chars / chars_in if chars_in else 0.0,
+        "kept_chars_share": kept_chars / chars_in if chars_in else 0.0,
     }
     log_.log_artifact(samples_path, "filter")
     log.info("filter: %d in, %d kept, drops %s", total, kept, {k: v for k, v in dropped.items() if v})
-    return StageReport(counts=counts, metrics=metrics, extra={"filters": [f.name for f in filters]})
+    return StageReport(counts=counts, metrics=metrics, extra={"filters": [f.name for f in build_filters(cfg)]})
 
 
 def gate(cfg: FilterConfig, manifest: Manifest) -> str | None:

@@ -165,6 +165,24 @@ def test_same_result_with_one_and_two_workers(corpus):
     assert one.cluster_sizes == two.cluster_sizes and one.count("near") == 6
 
 
+def test_shards_signed_apart_cluster_like_one_pass(corpus):
+    """The cluster engine signs each shard on its own; clustering the parts must decide exactly as one pass,
+    with exact and near duplicates split across shards and a key repeated inside one shard."""
+    docs, _ = corpus
+    rng = random.Random(3)
+    recs = [(d.id, d.text) for d in docs]
+    recs += [("x1", docs[3].text.upper()), ("x2", docs[3].text), ("x3", docs[10].text)]
+    rng.shuffle(recs)
+    p = Params(batch_size=5)
+    whole = find_duplicates(recs, p)
+    shards = [recs[0:9], recs[9:10], recs[10:25], recs[25:]]
+    parts = core.cluster([core.sign(shard, p) for shard in shards], p)
+    assert parts.ids == whole.ids and parts.keep.tolist() == whole.keep.tolist()
+    assert [vars(d) for d in parts.duplicates] == [vars(d) for d in whole.duplicates]
+    assert parts.cluster_sizes == whole.cluster_sizes and (parts.bands, parts.rows) == (whole.bands, whole.rows)
+    assert whole.count("exact") == 3 and whole.count("near") == 6
+
+
 def test_signatures_match_datasketch():
     """The batched signatures are exactly datasketch's MinHash of the same shingles, across chunk edges."""
     import xxhash

@@ -47,8 +47,11 @@ def _open_text(path: Path, mode: str) -> io.TextIOBase:
 class ShardWriter:
     """Writes documents into `documents/shard-00000.jsonl[.zst]`, rolling over every `shard_docs`."""
 
-    def __init__(self, out: Path, shard_docs: int = 5000, compress: bool = False, subdir: str = DOCS_DIR):
+    def __init__(
+        self, out: Path, shard_docs: int = 5000, compress: bool = False, subdir: str = DOCS_DIR, start: int = 0
+    ):
         self.folder = Path(out) / subdir
+        self.start = start  # number of the first shard (a per-shard job writes shard `start` only)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.shard_docs = shard_docs
         self.suffix = ".jsonl.zst" if compress else ".jsonl"
@@ -73,7 +76,7 @@ class ShardWriter:
 
     def _roll(self) -> None:
         self.close()
-        path = self.folder / f"shard-{len(self.paths):05d}{self.suffix}"
+        path = self.folder / f"shard-{self.start + len(self.paths):05d}{self.suffix}"
         self.paths.append(path)
         self._fh = _open_text(path, "w")
         self._in_shard = 0

@@ -5,7 +5,8 @@ A stage is a plain function::
     def dedup(cfg: DedupConfig, inputs: dict[str, Manifest], out: Path, log: MetricLogger) -> StageReport
 
 It reads only its inputs' files, writes only under `out`, reports through `log`, and returns its
-counts and metrics. The runner hashes, locks, cleans half-written folders, opens the MLflow child
+counts and metrics. A `sharded` stage also takes `map_shards` (`tasks/common/shards.py`): how to run
+its per-shard work, which the runner may send to a cluster. The runner hashes, locks, cleans half-written folders, opens the MLflow child
 run, writes the manifest last, and applies the stage's quality gate.
 """
 
@@ -31,6 +32,7 @@ from tasks.common.artifacts import (
     verify_manifest,
     write_manifest,
 )
+from tasks.common.shards import ShardMap
 from tasks.common.tracking import MetricLogger, Tracker
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class StageSpec:
     resumable: bool = False  # keep an unfinished folder so the stage can resume from its checkpoints
     key_figure: str | None = None  # a count or metric shown in the pipeline's summary table
     gate: GateFn | None = None  # returns a failure message when the output is not good enough
+    sharded: bool = False  # fn takes `map_shards=`: its per-shard work can run on a cluster
 
     def config_of(self, pipeline_cfg: Any) -> StageConfig:
         return getattr(pipeline_cfg, self.config_key)
@@ -136,8 +139,12 @@ def run_stage(
     root: Path,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
+    map_shards: ShardMap | None = None,
 ) -> StageResult:
-    """Run one stage into its content-addressed folder, or return the finished folder's manifest."""
+    """Run one stage into its content-addressed folder, or return the finished folder's manifest.
+
+    `map_shards` runs a sharded stage's per-shard work (default: in-process, the stage's own way).
+    """
     cfg = spec.config_of(pipeline_cfg)
     hash12 = spec.hash_for(pipeline_cfg, inputs)
     out = stage_dir(root, spec.name, hash12)
@@ -160,7 +167,8 @@ def run_stage(
         if tracker and parent_run_id:
             logger = tracker.start_stage(parent_run_id, spec.name, hash12, inputs, cfg.model_dump(mode="json"))
         try:
-            report = spec.fn(cfg, inputs, out, logger)
+            extra = {"map_shards": map_shards} if spec.sharded and map_shards is not None else {}
+            report = spec.fn(cfg, inputs, out, logger, **extra)
             seconds = time.perf_counter() - started
             manifest = write_manifest(
                 Manifest(

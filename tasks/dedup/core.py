@@ -1,6 +1,6 @@
 """Exact + near-duplicate detection shared by the `dedup` stage and the `lmforge dedup` command.
 
-One pass over `(id, text)` records:
+`sign` reads `(id, text)` records (a shard, or a whole input) and `cluster` decides over the signed runs:
 1. exact: records whose normalized text hashes alike form one group (signed once);
 2. near: each group gets a datasketch MinHash of its word n-gram shingles (xxhash hash function,
    computed a batch of documents at a time in worker processes, batches in input order, so the
@@ -259,30 +259,48 @@ def _drop_redis_keys(storage: dict[str, Any]) -> None:
         client.delete(*keys[start : start + 10_000])
 
 
-def find_duplicates(records: Iterable[tuple[Any, str]], p: Params) -> Result:
-    """Decide, for each `(id, text)` record in order, whether it is kept or a duplicate of which kept record."""
+@dataclass
+class Signed:
+    """Exact keys and MinHash signatures of a run of records: one shard, or a whole input.
+
+    Only the first record of each exact key (within this run) is signed: `first[r]` is the record whose
+    normalized text gave `sigs[r]`. Runs signed apart and clustered together (`cluster`) give the same
+    result as one run over all records, since a signature depends only on the text.
+    """
+
+    ids: list[Any]
+    lengths: list[int]
+    keys: list[bytes]  # sha1 of the (normalized) text, per record
+    first: list[int]
+    sigs: np.ndarray  # uint32, one row per `first` entry
+    counts: np.ndarray  # shingles per `first` entry (0: no words)
+    seconds: float = 0.0
+
+
+def sign(records: Iterable[tuple[Any, str]], p: Params) -> Signed:
+    """Exact keys of every `(id, text)` record and signatures of each new key, batches in `p.workers` processes."""
     from functools import partial
 
+    started = time.perf_counter()
     ids: list[Any] = []
     lengths: list[int] = []
-    group_of: list[int] = []
-    groups: dict[bytes, int] = {}
-    stats: dict[str, float] = {}
-    started = time.perf_counter()
+    keys: list[bytes] = []
+    first: list[int] = []
+    seen: set[bytes] = set()
 
     def batches() -> Iterator[list[str]]:
-        """Normalized text of each new exact group, batch by batch (records are read as batches are taken)."""
+        """Normalized text of each new key, batch by batch (records are read as batches are taken)."""
         batch: list[str] = []
         for rid, text in records:
             norm = normalize(text)
             key = hashlib.sha1((norm if p.normalize else text).encode("utf-8")).digest()
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = len(groups)
+            if key not in seen:
+                seen.add(key)
+                first.append(len(ids))
                 batch.append(norm)
             ids.append(rid)
             lengths.append(len(text))
-            group_of.append(g)
+            keys.append(key)
             if len(batch) >= p.batch_size:
                 yield batch
                 batch = []
@@ -294,15 +312,48 @@ def find_duplicates(records: Iterable[tuple[Any, str]], p: Params) -> Result:
         parts = list(ordered_map(fn, batches(), p.workers))
     else:
         parts = [(np.empty((0, p.num_perm), np.uint32), np.zeros(0, np.int64)) for _ in batches()]
-    stats["seconds_signatures"] = time.perf_counter() - started
-    n_groups = len(groups)
     sigs = np.concatenate([s for s, _ in parts]) if parts else np.empty((0, p.num_perm), np.uint32)
-    signed = np.concatenate([n for _, n in parts]) > 0 if parts else np.zeros(0, bool)
+    counts = np.concatenate([n for _, n in parts]) if parts else np.zeros(0, np.int64)
+    return Signed(ids, lengths, keys, first, sigs, counts, time.perf_counter() - started)
 
-    bands = rows = 0
+
+def find_duplicates(records: Iterable[tuple[Any, str]], p: Params) -> Result:
+    """Decide, for each `(id, text)` record in order, whether it is kept or a duplicate of which kept record."""
+    return cluster([sign(records, p)], p)
+
+
+def cluster(parts: list[Signed], p: Params) -> Result:
+    """Exact groups, then near-duplicate clusters over the signed runs, in order: one decision per record."""
+    started = time.perf_counter()
+    stats: dict[str, float] = {"seconds_signatures": sum(part.seconds for part in parts)}
+    ids: list[Any] = []
+    lengths: list[int] = []
+    group_of: list[int] = []
+    groups: dict[bytes, int] = {}
+    sig_rows: list[np.ndarray] = []  # per part: its rows that sign a group new to the whole input
+    for part in parts:
+        row_of = {rec: r for r, rec in enumerate(part.first)}
+        rows: list[int] = []
+        for j, key in enumerate(part.keys):
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = len(groups)
+                rows.append(row_of[j])  # new to the input means new to this part: the part signed it
+            group_of.append(g)
+        sig_rows.append(np.asarray(rows, dtype=np.int64))
+        ids.extend(part.ids)
+        lengths.extend(part.lengths)
+    n_groups = len(groups)
+    if parts and p.near:
+        sigs = np.concatenate([part.sigs[rows] for part, rows in zip(parts, sig_rows, strict=True)])
+        signed = np.concatenate([part.counts[rows] for part, rows in zip(parts, sig_rows, strict=True)]) > 0
+    else:
+        sigs, signed = np.empty((0, p.num_perm), np.uint32), np.zeros(0, bool)
+
+    bands = rows_per_band = 0
     if p.near and n_groups:
         t = time.perf_counter()
-        uf, bands, rows = near_clusters(sigs, signed, p, stats)
+        uf, bands, rows_per_band = near_clusters(sigs, signed, p, stats)
         stats["seconds_lsh"] = time.perf_counter() - t
         root_of_group = [uf.find(g) for g in range(n_groups)]
     else:
@@ -329,7 +380,7 @@ def find_duplicates(records: Iterable[tuple[Any, str]], p: Params) -> Result:
         else:
             est = float(np.count_nonzero(sigs[g] == sigs[gk])) / p.num_perm
             duplicates.append(Duplicate(i, k, "near", est))
-    stats["seconds_total"] = time.perf_counter() - started
+    stats["seconds_total"] = stats["seconds_signatures"] + time.perf_counter() - started
     stats["exact_groups"] = n_groups
     return Result(
         ids=ids,
@@ -338,6 +389,6 @@ def find_duplicates(records: Iterable[tuple[Any, str]], p: Params) -> Result:
         duplicates=duplicates,
         cluster_sizes=dict(sorted(Counter(n for n in size.values() if n > 1).items())),
         bands=bands,
-        rows=rows,
+        rows=rows_per_band,
         stats=stats,
     )

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from conf.dedup import DedupConfig
 from tasks.common.artifacts import Manifest
-from tasks.common.data import ShardWriter, read_documents
+from tasks.common.shards import ShardJob, ShardMap, documents_of, shard_jobs
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
-from tasks.dedup.core import Params, Result, find_duplicates, true_jaccard
+from tasks.dedup.core import Params, Result, Signed, cluster, sign, true_jaccard
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 2
+STAGE_VERSION = 3  # 3: output shard i holds what input shard i kept
 
 
 def params_of(cfg: DedupConfig) -> Params:
@@ -46,21 +48,40 @@ def sample_indices(result: Result, n: int) -> list[int]:
     return [near[round(j * (len(near) - 1) / max(n - 1, 1))] for j in range(n)]
 
 
-def dedup(cfg: DedupConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
+def sign_shard(p: Params, job: ShardJob) -> Signed:
+    """Exact keys and signatures of one input shard: the map step of the stage on a cluster."""
+    return sign(((d.id, d.text) for d in job.documents()), p)
+
+
+def dedup(
+    cfg: DedupConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger, map_shards: ShardMap | None = None
+) -> StageReport:
+    """Sign the input (in-process: one pass, batches in `dedup.workers` processes; on a cluster: one shard
+    per task), cluster the signatures here, then write each shard's kept documents in input order."""
     source = next(iter(inputs.values()))
-    result = find_duplicates(((d.id, d.text) for d in read_documents(source)), params_of(cfg))
+    jobs = shard_jobs(source)
+    params = params_of(cfg)
+    if map_shards is None:
+        parts = [sign(((d.id, d.text) for d in documents_of(jobs)), params)]
+    else:
+        parts = map_shards(partial(sign_shard, replace(params, workers=1)), jobs)
+    result = cluster(parts, params)
 
     samples = [result.duplicates[i] for i in sample_indices(result, cfg.sample_pairs)]
     wanted = {s.index for s in samples} | {s.keeper for s in samples}
     texts: dict[int, str] = {}
-    with ShardWriter(out) as writer:  # second pass: the kept documents, in input order
-        for i, doc in enumerate(read_documents(source)):
-            if i >= result.total or doc.id != result.ids[i]:
-                raise RuntimeError(f"{source.path}: documents changed while dedup read them (record {i + 1})")
-            if result.keep[i]:
-                writer.write(doc)
-            if i in wanted:
-                texts[i] = doc.text
+    chars = i = 0
+    for job in jobs:  # second pass: the kept documents, in input order, shard i to shard i
+        with job.writer(out) as writer:
+            for doc in job.documents():
+                if i >= result.total or doc.id != result.ids[i]:
+                    raise RuntimeError(f"{job.path}: documents changed while dedup read them (record {i + 1})")
+                if result.keep[i]:
+                    writer.write(doc)
+                if i in wanted:
+                    texts[i] = doc.text
+                i += 1
+        chars += writer.chars
     with open(out / "duplicates.jsonl", "w", encoding="utf-8") as fh:
         for d in result.duplicates:
             rec = {
@@ -102,10 +123,11 @@ def dedup(cfg: DedupConfig, inputs: dict[str, Manifest], out: Path, log_: Metric
             "storage": cfg.lsh_storage.type,
         },
         "cluster_sizes": {str(k): v for k, v in result.cluster_sizes.items()},
-        "stats": {k: round(v, 4) for k, v in result.stats.items()},
-        "docs_per_second": round(total / seconds, 1) if seconds else None,
+        # no timings: the report is one of the stage's content-hashed outputs (they go to the metrics)
+        "stats": {k: v for k, v in result.stats.items() if not k.startswith("seconds")},
         "sample_pairs": pairs,
     }
+    docs_per_second = round(total / seconds, 1) if seconds else 0.0
     (out / "dedup_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     log_.log_artifact(out / "dedup_report.json")
     log_.log_artifact(out / "duplicates.jsonl")
@@ -121,7 +143,7 @@ def dedup(cfg: DedupConfig, inputs: dict[str, Manifest], out: Path, log_: Metric
         kept,
         result.bands,
         result.rows,
-        report["docs_per_second"] or 0,
+        docs_per_second,
     )
     metrics = {"removed_share": report["removed_share"], "lsh_bands": result.bands, "lsh_rows": result.rows}
     if pairs:
@@ -129,14 +151,15 @@ def dedup(cfg: DedupConfig, inputs: dict[str, Manifest], out: Path, log_: Metric
             abs(p["jaccard_estimate"] - p["jaccard_true"]) for p in pairs
         ) / len(pairs)
     if seconds:
-        metrics["docs_per_second"] = report["docs_per_second"]
+        metrics["docs_per_second"] = docs_per_second
+        metrics.update({k: round(v, 4) for k, v in result.stats.items() if k.startswith("seconds")})
     return StageReport(
         counts={
             "documents_in": total,
             "exact_duplicates": exact,
             "near_duplicates": near,
             "documents": kept,
-            "chars": writer.chars,
+            "chars": chars,
             "clusters": sum(result.cluster_sizes.values()),
         },
         metrics=metrics,

@@ -14,23 +14,32 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from conf.pii import PiiConfig
 from tasks.common.artifacts import Manifest
-from tasks.common.data import Document, ShardWriter, read_documents, read_shard
+from tasks.common.data import Document, read_shard
+from tasks.common.shards import (
+    ShardJob,
+    ShardMap,
+    concat_parts,
+    first_per_key,
+    part_path,
+    remove_parts,
+    shard_jobs,
+)
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
 from tasks.pii.detect import Span, placeholder, redact, scrubbed_offsets
 from tasks.pii.parallel import batched, find_batches, worker_pool
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: output shard i is what input shard i became
 REPORT = "pii_report.json"
 REDACTIONS = "redactions.jsonl"
 MAX_LEAK_IDS = 20
-PROGRESS_EVERY = 20  # batches between progress points in MLflow
 
 
 def sample_context(scrubbed: str, start: int, end: int, width: int) -> str:
@@ -69,26 +78,68 @@ class Tally:
                                      "context": context})
 
 
-def scrub(cfg: PiiConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
-    source = inputs["dedup"] if "dedup" in inputs else next(iter(inputs.values()))
+@dataclass
+class ScrubPart:
+    """What scrubbing one shard found (picklable: it comes back from a cluster worker)."""
+
+    tally: Tally
+    chars: int
+    left: Counter[str]
+    leak_ids: list[str]
+    seconds: float
+
+
+def scrub_shard(cfg: PiiConfig, out: Path, job: ShardJob, pool: Any = None) -> ScrubPart:
+    """Scrub one input shard into output shard `job.index` (+ its redactions part), then rescan what it wrote."""
     started = time.perf_counter()
     tally = Tally()
-    with worker_pool(cfg) as pool:
-        batches = ((batch, [d.text for d in batch]) for batch in batched(read_documents(source), cfg.batch_docs))
-        with ShardWriter(out, cfg.shard_docs) as writer, open(out / REDACTIONS, "w", encoding="utf-8") as red:
-            for i, (batch, found) in enumerate(find_batches(batches, cfg, pool), 1):
-                for doc, spans in zip(batch, found, strict=True):
-                    text = redact(doc.text, spans)
-                    tally.add(doc.id, doc.text, text, spans, cfg)
-                    if spans:
-                        red.write(json.dumps({"id": doc.id, "pii": [sp.to_json() for sp in spans]}) + "\n")
-                    writer.write(Document(doc.id, text, doc.source, doc.meta))
-                if i % PROGRESS_EVERY == 0:
-                    log_.log_metrics({"progress/documents": tally.docs, "progress/pii": tally.by_type.total()},
-                                     step=tally.docs)
-        scrub_seconds = time.perf_counter() - started
-        left_by_type, leak_ids = leak_check(writer.paths, cfg, pool)
-    docs, with_pii, by_type, samples = tally.docs, tally.with_pii, tally.by_type, tally.samples
+    batches = ((batch, [d.text for d in batch]) for batch in batched(job.documents(), cfg.batch_docs))
+    with job.writer(out) as writer, open(part_path(out, REDACTIONS, job.index), "w", encoding="utf-8") as red:
+        for batch, found in find_batches(batches, cfg, pool):
+            for doc, spans in zip(batch, found, strict=True):
+                text = redact(doc.text, spans)
+                tally.add(doc.id, doc.text, text, spans, cfg)
+                if spans:
+                    red.write(json.dumps({"id": doc.id, "pii": [sp.to_json() for sp in spans]}) + "\n")
+                writer.write(Document(doc.id, text, doc.source, doc.meta))
+    seconds = time.perf_counter() - started
+    left, leak_ids = leak_check(writer.paths, cfg, pool)
+    return ScrubPart(tally, writer.chars, left, leak_ids, seconds)
+
+
+def scrub(
+    cfg: PiiConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger, map_shards: ShardMap | None = None
+) -> StageReport:
+    """Scrub every input shard, then merge the tallies and the redactions into one report.
+
+    In-process (no `map_shards`), the shards share one pool of `pii.workers` processes; on a cluster
+    each shard is scrubbed in-process by one cluster worker. The output is the same either way.
+    """
+    source = inputs["dedup"] if "dedup" in inputs else next(iter(inputs.values()))
+    jobs = shard_jobs(source)
+    if map_shards is None:
+        parts = []
+        with worker_pool(cfg) as pool:
+            for job in jobs:
+                parts.append(scrub_shard(cfg, out, job, pool))
+                log_.log_metrics({"progress/documents": sum(p.tally.docs for p in parts)}, step=job.index)
+    else:
+        parts = map_shards(partial(scrub_shard, cfg.model_copy(update={"workers": 1}), out), jobs)
+    concat_parts((part_path(out, REDACTIONS, job.index) for job in jobs), out / REDACTIONS)
+    remove_parts(out)
+
+    tally = Tally()
+    left_by_type: Counter[str] = Counter()
+    for p in parts:
+        tally.docs += p.tally.docs
+        tally.with_pii += p.tally.with_pii
+        tally.n_bytes += p.tally.n_bytes
+        tally.by_type.update(p.tally.by_type)
+        left_by_type.update(p.left)
+    samples = first_per_key((s for p in parts for s in p.tally.samples), "type", cfg.samples_per_type)
+    leak_ids = [i for p in parts for i in p.leak_ids][:MAX_LEAK_IDS]
+    docs, with_pii, by_type = tally.docs, tally.with_pii, tally.by_type
+    chars, scrub_seconds = sum(p.chars for p in parts), sum(p.seconds for p in parts)
     pii_left = sum(left_by_type.values())
     total = sum(by_type.values())
     report = {
@@ -116,7 +167,7 @@ def scrub(cfg: PiiConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLo
             "pii_total": total,
             **{f"pii_{t}": by_type[t] for t in cfg.entities},
             "pii_left": pii_left,
-            "chars": writer.chars,
+            "chars": chars,
         },
         metrics={
             "pii_docs_share": with_pii / docs if docs else 0.0,

@@ -1,0 +1,110 @@
+"""The Dask engine: a sharded stage's per-shard work as Prefect task runs on a Dask cluster.
+
+With `execution.engine=dask`, each sharded stage (filter, dedup, scrub) that has to run opens a
+sub-flow `<stage>-shards` on prefect-dask's `DaskTaskRunner`, with one task run `<stage>-shard-NNNNN`
+per input shard; the stage then combines the shard results in the pipeline's process. The cluster is
+`execution.dask_address`, or a `LocalCluster` started the first time a stage needs it and closed
+with the pipeline run. Workers must import lmforge and see the artifacts root at the same path (a
+shared volume on a real cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from conf.execution import ExecutionConfig
+
+log = logging.getLogger(__name__)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{stage}-shard-{index:05d}", persist_result=False)
+def run_shard(fn: Callable[[Any], Any], job: Any, stage: str, index: int) -> Any:
+    return fn(job)
+
+
+@flow(name="shards", flow_run_name="{stage}-shards", validate_parameters=False, persist_result=False)
+def map_shards_flow(fn: Callable[[Any], Any], jobs: list[Any], stage: str) -> list[Any]:
+    """Submit every shard to the flow's task runner; results in job order (the first failure re-raised)."""
+    futures = [run_shard.submit(fn, job, stage, i) for i, job in enumerate(jobs)]
+    return [f.result() for f in futures]
+
+
+@dataclass(frozen=True)
+class DaskShardMap:
+    """A `ShardMap` (tasks/common/shards.py) that runs each job as a Prefect task run on a Dask cluster."""
+
+    stage: str
+    address: str
+
+    def __call__(self, fn: Callable[[Any], Any], jobs: list[Any]) -> list[Any]:
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(address=self.address)
+        return map_shards_flow.with_options(task_runner=runner)(fn, list(jobs), self.stage)
+
+
+class ShardCluster:
+    """The Dask cluster of one pipeline run, started on first use (a fully cached run never starts one)."""
+
+    def __init__(self, cfg: ExecutionConfig):
+        self.cfg = cfg
+        self._cluster: Any = None
+
+    def address(self) -> str | None:
+        """The scheduler address for the sharded stages, or None to run them in-process."""
+        if self.cfg.engine == "local":
+            return None
+        try:
+            import distributed  # noqa: F401
+            import prefect_dask  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError(
+                f"execution.engine=dask needs prefect-dask and distributed ({e}): pip install -e '.[scale]'"
+            ) from e
+        if self.cfg.dask_address:
+            return self.cfg.dask_address
+        if self._cluster is None:
+            self._cluster = self._start_local()
+        return self._cluster.scheduler_address
+
+    def _start_local(self) -> Any:
+        from distributed import LocalCluster
+
+        # Task runs on the workers report to this run's Prefect API; without the URL each worker
+        # process would start a temporary server of its own and the UI would never see the shards.
+        env = {"PREFECT_API_URL": api_url} if (api_url := _prefect_api_url()) else {}
+        cluster = LocalCluster(
+            n_workers=self.cfg.dask_workers,
+            threads_per_worker=self.cfg.dask_threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env=env,
+        )
+        log.info("started a Dask LocalCluster (%d workers) at %s", self.cfg.dask_workers, cluster.scheduler_address)
+        return cluster
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    def __enter__(self) -> ShardCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _prefect_api_url() -> str | None:
+    """The API this process reports to: a configured server, or the temporary one Prefect started."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or str(get_client().api_url)

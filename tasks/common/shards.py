@@ -1,0 +1,92 @@
+"""Per-shard data stages: map one function over the input shards, then combine, in-process or on a cluster.
+
+A sharded stage (filter, dedup, scrub) splits its work into `ShardJob`s, one per upstream document
+shard, and hands them to a `ShardMap`: any function with the contract of the builtin `map` that returns
+a list in job order. The default runs them here, one after another; the Prefect runner passes one that
+runs each job as a Prefect task run on a Dask cluster (`flows/runner.py`). The mapped function must be
+picklable (a module-level function, or a `functools.partial` of one) and must write only its own files,
+named by the job's index, so the stage folder is the same whichever map ran it.
+
+Output shard `i` holds what input shard `i` became: `documents/shard-{i:05d}.jsonl`, datatrove-style.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tasks.common.artifacts import Manifest
+from tasks.common.data import DOCS_DIR, Document, ShardWriter, read_shard, shard_paths
+
+T = TypeVar("T")
+R = TypeVar("R")
+ShardMap = Callable[[Callable[[T], R], list[T]], list[R]]
+
+
+def map_here(fn: Callable[[T], R], jobs: list[T]) -> list[R]:
+    """The in-process `ShardMap`: one job after another, in order."""
+    return [fn(job) for job in jobs]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One input shard of a stage: where to read it and which output index it becomes (plain data: picklable)."""
+
+    index: int
+    path: str
+
+    def documents(self) -> Iterator[Document]:
+        return read_shard(Path(self.path))
+
+    def writer(self, out: Path) -> ShardWriter:
+        """The writer of this job's output shard, `documents/shard-{index:05d}.jsonl` (created on first write)."""
+        return ShardWriter(out, shard_docs=2**62, start=self.index)
+
+
+def shard_jobs(source: Manifest, subdir: str = DOCS_DIR) -> list[ShardJob]:
+    """One job per document shard of `source`, in shard order."""
+    return [ShardJob(i, str(p)) for i, p in enumerate(shard_paths(source, subdir))]
+
+
+def documents_of(jobs: Iterable[ShardJob]) -> Iterator[Document]:
+    """Every document of the jobs' shards, in order."""
+    for job in jobs:
+        yield from job.documents()
+
+
+def first_per_key(samples: Iterable[dict[str, Any]], key: str, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` samples of each `sample[key]`, in order: merges per-shard samples as one pass would."""
+    seen: dict[Any, int] = {}
+    kept = []
+    for s in samples:
+        n = seen.get(s[key], 0)
+        if n < limit:
+            seen[s[key]] = n + 1
+            kept.append(s)
+    return kept
+
+
+def concat_parts(parts: Iterable[Path], dest: Path) -> None:
+    """Concatenate per-shard part files into `dest`, in order, and delete the parts."""
+    with open(dest, "wb") as out:
+        for part in parts:
+            if part.exists():
+                out.write(part.read_bytes())
+                part.unlink()
+
+
+def part_path(out: Path, name: str, index: int) -> Path:
+    """Where shard `index` writes its piece of `name` (merged by the combine step): `_parts/{name}.{index:05d}`."""
+    folder = out / "_parts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.{index:05d}"
+
+
+def remove_parts(out: Path) -> None:
+    folder = out / "_parts"
+    if folder.exists():
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
