@@ -4,22 +4,102 @@ every deployment points at a real flow."""
 from __future__ import annotations
 
 import importlib
+import json
+import re
+import shlex
+import tomllib
 from pathlib import Path
+from urllib.parse import urlparse
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+LMFORGE_IMAGE = "ghcr.io/lmforge/lmforge"
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "infra/compose/docker-compose.yml").read_text())
+
+
+def _k8s() -> dict[tuple[str, str], dict]:
+    docs = [d for d in yaml.safe_load_all((ROOT / "infra/k8s/lmforge.yaml").read_text()) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def _flag(argv: list[str], name: str) -> str:
+    """The value after `name` in an argv."""
+    return argv[argv.index(name) + 1]
+
+
+def _volume_target(svc: dict, volume: str) -> str:
+    """Where a compose service mounts the named volume `volume` (short syntax)."""
+    targets = [v.split(":")[1] for v in svc.get("volumes", []) if v.split(":")[0] == volume]
+    assert len(targets) == 1, f"{volume} mounted {len(targets)} times: {svc.get('volumes')}"
+    return targets[0]
 
 
 def test_compose_services_bind_to_loopback():
-    compose = yaml.safe_load((ROOT / "infra/compose/docker-compose.yml").read_text())
-    services = compose["services"]
+    services = _compose()["services"]
     assert {"postgres", "minio", "mlflow", "prefect-server", "worker"} <= set(services)
+    assert {"dask-scheduler", "dask-worker", "redis"} <= set(services)
     for name, svc in services.items():
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
     assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert "postgresql+psycopg2://" in services["mlflow"]["command"]  # SQLAlchemy 2.1 defaults to psycopg v3
+
+
+def test_compose_dask_workers_see_what_the_flow_run_sees():
+    services = _compose()["services"]
+    worker, dask_worker, scheduler = services["worker"], services["dask-worker"], services["dask-scheduler"]
+    # same image: the workers unpickle and run lmforge's stage functions
+    assert dask_worker["build"] == scheduler["build"] == worker["build"]
+    # the artifacts root at the same path, on the same volume, named by LMFORGE_ARTIFACTS in both
+    path = _volume_target(worker, "artifacts")
+    assert _volume_target(dask_worker, "artifacts") == path
+    for svc in (worker, dask_worker):
+        assert svc["environment"]["LMFORGE_ARTIFACTS"] == path
+    # shard task runs report to the stack's Prefect server
+    api = dask_worker["environment"]["PREFECT_API_URL"]
+    assert api == worker["environment"]["PREFECT_API_URL"] and urlparse(api).hostname == "prefect-server"
+    assert not [k for k in dask_worker["environment"] if "SECRET" in k or "PASSWORD" in k]
+    # the workers dial the scheduler's service and port
+    port = _flag(shlex.split(scheduler["command"]), "--port")
+    assert shlex.split(dask_worker["command"])[:3] == ["dask", "worker", f"tcp://dask-scheduler:{port}"]
+    assert dask_worker["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+    for name in ("dask-scheduler", "dask-worker", "redis"):
+        assert services[name]["healthcheck"]["test"], name
+    assert "ports" not in services["redis"]  # no password: reachable inside the compose network only
+
+
+def test_compose_worker_dask_overrides_resolve_to_the_stack():
+    from conf.loader import load_config
+
+    services = _compose()["services"]
+    overrides = json.loads(services["worker"]["environment"]["LMFORGE_DASK_OVERRIDES"])
+    cfg = load_config("tiny", overrides=overrides)
+    assert cfg.execution.engine == "dask"
+    address = urlparse(cfg.execution.dask_address)
+    assert address.scheme == "tcp" and address.hostname in services
+    assert str(address.port) == _flag(shlex.split(services[address.hostname]["command"]), "--port")
+    storage = cfg.dedup.lsh_storage
+    assert storage.type == "redis" and storage.host in services and storage.port == 6379
+    assert "--port" not in services[storage.host]["command"]  # redis-server on its default port
+
+
+def test_image_has_the_dask_engine():
+    dockerfile = (ROOT / "infra/compose/Dockerfile").read_text()
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.match(r"prefect-dask\b", d) for d in deps)  # brings distributed
+    # the image installs the project itself (so its core dependencies) from the copied sources
+    assert re.search(r"pip install [^\n]*-e '\.(\[[\w,]*\])?'", dockerfile)
+    assert {"COPY conf conf", "COPY tasks tasks", "COPY flows flows"} <= set(dockerfile.splitlines())
+    # the dask/dask chart in helm values runs these on the lmforge image; distributed no longer ships them
+    dask = yaml.safe_load((ROOT / "infra/helm/values.yaml").read_text())["dask"]
+    assert dask["worker"]["image"]["repository"] == dask["scheduler"]["image"]["repository"] == LMFORGE_IMAGE
+    chmod = next(line for line in dockerfile.splitlines() if "chmod +x" in line)
+    for script in (dask["worker"]["image"]["dask_worker"], "dask-scheduler"):
+        assert f"> /usr/local/bin/{script}" in dockerfile and f"/usr/local/bin/{script}" in chmod
 
 
 def test_no_committed_credentials():
@@ -33,14 +113,93 @@ def test_kubernetes_manifests_are_well_formed():
     docs = [d for d in yaml.safe_load_all((ROOT / "infra/k8s/lmforge.yaml").read_text()) if d]
     kinds = {d["kind"] for d in docs}
     assert {"Namespace", "StatefulSet", "Deployment", "Service", "Role", "RoleBinding", "ServiceAccount"} <= kinds
+    assert "PersistentVolumeClaim" in kinds
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"]
+        if d["kind"] != "Namespace":
+            assert d["metadata"]["namespace"] == "lmforge", d["metadata"]["name"]
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    pod_labels = [w["spec"]["template"]["metadata"]["labels"].items() for w in workloads]
+    for d, labels in zip(workloads, pod_labels, strict=True):
+        assert d["spec"]["selector"]["matchLabels"].items() <= labels, d["metadata"]["name"]
+    for svc in (d for d in docs if d["kind"] == "Service"):  # every Service selects some workload's pods
+        name = svc["metadata"]["name"]
+        assert any(svc["spec"]["selector"].items() <= labels for labels in pod_labels), name
     template, service = yaml.safe_load_all((ROOT / "infra/k8s/torchrun-multinode-job.yaml").read_text())
     assert template["job_configuration"]["job_manifest"]["kind"] == "Job"
     assert set(template["variables"]["properties"]) >= {"image", "nnodes", "gpus_per_node"}
     assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
     helm = yaml.safe_load((ROOT / "infra/helm/values.yaml").read_text())
     assert helm["worker"]["config"]["workPool"] == "lmforge-k8s"
+
+
+def _container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _claim_mount(deployment: dict) -> tuple[str, str]:
+    """(claim name, mount path) of a pod template's one PVC volume."""
+    pod = deployment["spec"]["template"]["spec"]
+    (vol,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    (mount,) = [m for m in _container(deployment)["volumeMounts"] if m["name"] == vol["name"]]
+    return vol["persistentVolumeClaim"]["claimName"], mount["mountPath"]
+
+
+def test_kubernetes_dask_cluster():
+    k8s = _k8s()
+    service = k8s["Service", "dask-scheduler"]
+    assert 8786 in [p["port"] for p in service["spec"]["ports"]]
+    scheduler = k8s["Deployment", "dask-scheduler"]
+    assert service["spec"]["selector"].items() <= scheduler["spec"]["template"]["metadata"]["labels"].items()
+    sched = _container(scheduler)
+    assert sched["command"][:2] == ["dask", "scheduler"] and _flag(sched["command"], "--port") == "8786"
+    assert scheduler["spec"]["replicas"] == 1
+
+    flow_runs = k8s["Deployment", "prefect-process-worker"]  # serves prefect.yaml's pool: the Dask client
+    assert "--pool lmforge-process" in " ".join(_container(flow_runs)["args"])
+    worker = k8s["Deployment", "dask-worker"]
+    assert worker["spec"]["replicas"] >= 1
+    container = _container(worker)
+    assert container["image"] == sched["image"] == _container(flow_runs)["image"]
+    assert container["image"].startswith(LMFORGE_IMAGE + ":")
+    assert container["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+    assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
+    # the flow run's artifacts root, same claim, same path, named by LMFORGE_ARTIFACTS in both
+    claim, path = _claim_mount(worker)
+    assert _claim_mount(flow_runs) == (claim, path)
+    assert "ReadWriteMany" in k8s["PersistentVolumeClaim", claim]["spec"]["accessModes"]
+    for d in (worker, flow_runs):
+        env = {e["name"]: e.get("value") for e in _container(d)["env"]}
+        assert env["LMFORGE_ARTIFACTS"] == path
+        assert urlparse(env["PREFECT_API_URL"]).hostname == "prefect-server"
+
+    redis = k8s["Deployment", "redis"]
+    assert _container(redis)["image"].startswith("redis:")
+    assert [p["port"] for p in k8s["Service", "redis"]["spec"]["ports"]] == [6379]
+
+
+def test_helm_dask_and_redis_values():
+    helm = yaml.safe_load((ROOT / "infra/helm/values.yaml").read_text())
+    k8s = _k8s()
+    dask = helm["dask"]
+    assert dask["scheduler"]["servicePort"] == 8786  # release `dask` -> service dask-scheduler:8786
+    worker = dask["worker"]
+    assert worker["replicas"] >= 1 and worker["threads_per_worker"] == 1
+    assert worker["resources"]["limits"]["memory"] and worker["resources"]["limits"]["cpu"]
+    env = {e["name"]: e["value"] for e in worker["env"]}
+    assert urlparse(env["PREFECT_API_URL"]).hostname == "prefect-server"
+    (vol,) = worker["mounts"]["volumes"]
+    (mount,) = worker["mounts"]["volumeMounts"]
+    assert mount["name"] == vol["name"]
+    # the claim and path of infra/k8s's flow-run worker
+    assert (vol["persistentVolumeClaim"]["claimName"], mount["mountPath"]) == _claim_mount(
+        k8s["Deployment", "prefect-process-worker"]
+    )
+    assert env["LMFORGE_ARTIFACTS"] == mount["mountPath"]
+    assert dask["jupyter"]["enabled"] is False
+    redis = helm["redis"]
+    assert redis["architecture"] == "standalone" and redis["master"]["resources"]["limits"]["memory"]
 
 
 def test_prefect_yaml_deployments_point_at_flows():
