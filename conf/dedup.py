@@ -8,6 +8,7 @@ and resolved into clusters, each keeping one member: the longest text, then the 
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -33,15 +34,19 @@ class RedisStorage(BaseModel):
     host: str = "localhost"
     port: int = Field(6379, ge=1, le=65535)
     db: int = Field(0, ge=0)
-    password: str | None = None
+    password_env: str = Field(
+        "LMFORGE_REDIS_PASSWORD",
+        description="Environment variable holding the Redis password, if the server needs one. Never the "
+        "password itself: the config is logged to MLflow with every run.",
+    )
     basename: str | None = Field(
         None, description="Key prefix in Redis; default: a fresh random one per run, deleted at the end."
     )
 
     def storage_config(self) -> dict[str, Any]:
         redis: dict[str, Any] = {"host": self.host, "port": self.port, "db": self.db}
-        if self.password:
-            redis["password"] = self.password
+        if password := os.environ.get(self.password_env):
+            redis["password"] = password
         config: dict[str, Any] = {"type": "redis", "redis": redis}
         if self.basename:
             config["basename"] = self.basename.encode()

@@ -97,6 +97,11 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
+def _tag_default(model: type[BaseModel], field: str) -> Any:
+    """The default of a union member's tag field (`kind` for sources, `type` for LSH storages)."""
+    return getattr(model.model_fields.get(field), "default", None)
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """Field names accepted at the section `loc` (the parent of a rejected key).
 
@@ -110,7 +115,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
         if with_field:
             candidates = _models_in(with_field[0].model_fields[part].annotation)
             continue
-        tagged = [c for c in candidates if getattr(c.model_fields.get("kind"), "default", None) == part]
+        tagged = [c for c in candidates if part in (_tag_default(c, "kind"), _tag_default(c, "type"))]
         if not tagged:
             return None
         candidates = tagged

@@ -249,6 +249,17 @@ def test_gate_and_config_errors(tmp_path):
     assert cfg.result_fields() == DedupConfig().result_fields()  # storage and workers don't change results
 
 
+def test_redis_password_comes_from_the_environment_only(monkeypatch):
+    cfg = DedupConfig(lsh_storage={"type": "redis", "password_env": "TEST_REDIS_PW"})
+    monkeypatch.setenv("TEST_REDIS_PW", "s3cret-from-env")
+    assert cfg.lsh_storage.storage_config()["redis"]["password"] == "s3cret-from-env"
+    assert "s3cret-from-env" not in json.dumps(cfg.model_dump(mode="json"))  # what MLflow logs
+    from conf.loader import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="password_env"):  # a password in the config is refused, naming the way
+        load_config("smoke", overrides=["dedup.lsh_storage.type=redis", "dedup.lsh_storage.password=inline"])
+
+
 # ---- the standalone CLI -------------------------------------------------------------------------------
 
 
