@@ -7,6 +7,7 @@ import importlib
 import json
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
@@ -125,12 +126,95 @@ def test_kubernetes_manifests_are_well_formed():
     for svc in (d for d in docs if d["kind"] == "Service"):  # every Service selects some workload's pods
         name = svc["metadata"]["name"]
         assert any(svc["spec"]["selector"].items() <= labels for labels in pod_labels), name
-    template, service = yaml.safe_load_all((ROOT / "infra/k8s/torchrun-multinode-job.yaml").read_text())
-    assert template["job_configuration"]["job_manifest"]["kind"] == "Job"
-    assert set(template["variables"]["properties"]) >= {"image", "nnodes", "gpus_per_node"}
-    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
     helm = yaml.safe_load((ROOT / "infra/helm/values.yaml").read_text())
     assert helm["worker"]["config"]["workPool"] == "lmforge-k8s"
+
+
+# prefect-kubernetes' `_get_base_job_manifest()`: a job manifest must have these paths with these values
+PREFECT_K8S_REQUIRED = {
+    "apiVersion": "batch/v1", "kind": "Job", "metadata": {"labels": {}},
+    "spec": {"template": {"spec": {"parallelism": 1, "completions": 1, "restartPolicy": "Never",
+                                   "containers": [{"name": "prefect-job"}]}}},
+}
+
+
+def _rendered_pool_template() -> tuple[dict, dict, dict]:
+    """(variables, job_configuration rendered with the variables' defaults as the worker does, Service)."""
+    from prefect.utilities.templating import apply_values
+
+    template, service = yaml.safe_load_all((ROOT / "infra/k8s/torchrun-multinode-job.yaml").read_text())
+    props = template["variables"]["properties"]
+    defaults = {k: v["default"] for k, v in props.items() if "default" in v}
+    return props, apply_values(template["job_configuration"], defaults), service
+
+
+def test_torchrun_job_template_runs_the_flow_on_pod_0_and_joiners_elsewhere(tmp_path, monkeypatch):
+    import jsonpatch
+
+    from flows.lifecycle import resolve_config
+
+    props, config, service = _rendered_pool_template()
+    assert {"image", "nnodes", "gpus_per_node", "namespace", "command"} <= set(props)
+    assert "command" not in config  # no default: the worker fills in `prefect flow-run execute`
+    job = config["job_manifest"]
+    assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == props["nnodes"]["default"] == 2
+    # the worker's manifest validation (after its validators have added metadata.labels)
+    ops = jsonpatch.JsonPatch.from_diff({**job, "metadata": {"labels": {}, **job["metadata"]}}, PREFECT_K8S_REQUIRED)
+    assert not [op for op in ops if op["op"] in ("add", "replace")], list(ops)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "args" not in container  # `{{ command }}` unset: the worker puts the flow-run command there
+
+    # the headless Service resolves <job>-i.lmforge-rdzv for this Job's pods, at the endpoint port
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["name"] == pod["subdomain"] == "lmforge-rdzv"
+    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+
+    # every pod mounts the shared artifacts claim of infra/k8s at LMFORGE_ARTIFACTS
+    env = container["env"]
+    values = {e["name"]: e.get("value") for e in env}
+    (vol,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == vol["name"]]
+    claim = _k8s()["PersistentVolumeClaim", vol["persistentVolumeClaim"]["claimName"]]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    assert values["LMFORGE_ARTIFACTS"] == mount["mountPath"] == "/data/artifacts"
+
+    # $(VAR) in an env value expands only variables defined earlier in the list
+    names = [e["name"] for e in env]
+    for i, e in enumerate(env):
+        for ref in re.findall(r"\$\((\w+)\)", e.get("value") or ""):
+            assert ref in names[:i], f"{e['name']} uses $({ref}) before it is defined"
+    assert "job-completion-index" in str(env[names.index("NODE_RANK")]["valueFrom"])
+
+    # LMFORGE_SET, as Kubernetes expands it, makes pod 0's flow a node-0 launch of the whole world
+    job_name = "lmforge-pretrain-x7k2p"
+    lmforge_set = values["LMFORGE_SET"].replace("$(JOB_NAME)", job_name)
+    items = dict(item.split("=", 1) for item in shlex.split(lmforge_set))
+    assert items == {"pretrain.nnodes": "2", "pretrain.nproc_per_node": "8",
+                     "pretrain.rdzv_endpoint": f"{job_name}-0.lmforge-rdzv:{service['spec']['ports'][0]['port']}",
+                     "pretrain.rdzv_id": job_name}
+    monkeypatch.setenv("LMFORGE_SET", lmforge_set)
+    cfg = resolve_config(None, "gpt2", None).pretrain
+    assert (cfg.nnodes, cfg.nproc_per_node, cfg.node_rank, cfg.rdzv_id) == (2, 8, 0, job_name)
+
+    # the container command dispatches on NODE_RANK: run it, with a `python` that prints its argv
+    sh, dash_c, script, arg0 = container["command"]
+    assert (sh, dash_c) == ("/bin/sh", "-c")
+    (tmp_path / "python").write_text('#!/bin/sh\necho python "$@"\n')
+    (tmp_path / "python").chmod(0o755)
+
+    def run(rank: str) -> list[str]:
+        node_env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "NODE_RANK": rank, "JOB_NAME": job_name,
+                    "LMFORGE_ARTIFACTS": values["LMFORGE_ARTIFACTS"]}
+        argv = [sh, dash_c, script, arg0, "echo", "prefect", "flow-run", "execute"]
+        return shlex.split(subprocess.run(argv, env=node_env, capture_output=True, text=True, check=True).stdout)
+
+    assert run("0") == ["prefect", "flow-run", "execute"]
+    joiner = run("1")
+    assert joiner[:4] == ["python", "-m", "tasks.pretrain", "join"]
+    assert (_flag(joiner, "--artifacts-root"), _flag(joiner, "--rdzv-id"), _flag(joiner, "--node-rank")) == (
+        "/data/artifacts", job_name, "1")
 
 
 def _container(deployment: dict) -> dict:

@@ -28,7 +28,14 @@ from tasks.pretrain import PretrainError, pretrain
 from tasks.pretrain import checkpoint as ckpt
 from tasks.pretrain.data import GlobalBatches, TokenWindows, fit_micro_batch, rank_slice
 from tasks.pretrain.flops import flops_per_token, gpu_peak_flops, measure_matmul_peak
-from tasks.pretrain.launch import DivergedError, torchrun_command, worker_env, write_spec
+from tasks.pretrain.launch import (
+    DivergedError,
+    main,
+    rendezvous_file,
+    torchrun_command,
+    worker_env,
+    write_spec,
+)
 from tasks.pretrain.parallel import param_digest
 from tasks.pretrain.train import FAULT_ENV, lr_lambda
 from tests.helpers import seal
@@ -351,6 +358,45 @@ def test_two_node_rendezvous_on_localhost(ddp_run, tokens_stage, tmp_path):
     assert summary["world_size"] == 2 and report.counts["steps"] == 16
     # the same global batches as the single-node 2-process run, so the same result
     assert summary["final_loss"] == pytest.approx(ddp_run["summary"]["final_loss"], abs=1e-5)
+
+
+def test_join_waits_for_node_0_and_times_out_naming_the_rendezvous_file(tmp_path, capsys):
+    path = rendezvous_file(tmp_path, "lmforge-pretrain-x7k2p")
+    assert path == tmp_path / "pretrain" / "rendezvous" / "lmforge-pretrain-x7k2p.json"
+    with pytest.raises(SystemExit) as e:
+        main(["join", f"--artifacts-root={tmp_path}", "--rdzv-id=lmforge-pretrain-x7k2p", "--node-rank=1",
+              "--timeout=0.2"])
+    assert f"no rendezvous file {path}" in str(e.value.code) and "within 0.2 s" in str(e.value.code)
+    with pytest.raises(ValueError, match=r"pretrain.rdzv_id='../x' must be a plain name"):
+        rendezvous_file(tmp_path, "../x")
+
+
+def test_joiner_finds_node_0s_stage_folder_through_the_rendezvous_file(ddp_run, tokens_stage, tmp_path):
+    """Node 1 starts first, knowing only the artifacts root and the rendezvous id (as a Kubernetes pod
+    does); node 0 runs the real stage into its content-addressed folder and announces it."""
+    pretrain_cfg = tiny_cfg(nnodes=2, nproc_per_node=1, rdzv_endpoint=f"127.0.0.1:{_free_port()}", rdzv_id="job-1")
+    spec, config, inputs = STAGES["pretrain"], PipelineConfig(pretrain=pretrain_cfg), {"train_tokenizer": tokens_stage}
+    announce = rendezvous_file(tmp_path, "job-1")
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "tasks.pretrain", "join", f"--artifacts-root={tmp_path}", "--rdzv-id=job-1",
+         "--node-rank=1", "--timeout=120"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        result = run_stage(spec, config, inputs, tmp_path)
+        node1_log, _ = node1.communicate(timeout=120)
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+    assert node1.returncode == 0, node1_log
+    out = tmp_path / "pretrain" / spec.hash_for(config, inputs)
+    assert f"joining run job-1 as node 1: {out}" in node1_log
+    # the launch fields leave the stage hash alone: the same folder as a single-node run of this config
+    assert spec.hash_for(config, inputs) == spec.hash_for(PipelineConfig(pretrain=tiny_cfg()), inputs)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and result.manifest.counts["steps"] == 16
+    assert summary["final_loss"] == pytest.approx(ddp_run["summary"]["final_loss"], abs=1e-5)
+    assert not announce.exists()  # removed once node 0's torchrun ended: no late node joins a finished run
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@
     checkpoint.py atomic checkpoints and RNG states
     metrics.py    rank 0's metric stream (JSONL + MLflow)
     train.py      the torchrun entry point (one process per rank)
-    launch.py     the stage function: builds the torchrun command, streams logs, reports
+    launch.py     the stage function: builds the torchrun command, streams logs, reports; and the
+                  `python -m tasks.pretrain` entry point by which other nodes join a multi-node run
 """
 
 from tasks.pretrain.launch import PretrainError, gate, pretrain

@@ -7,6 +7,12 @@ rank's error and the tail of its log; re-running the stage resumes from the late
 Other nodes of a multi-node run join with the same spec file::
 
     python -m tasks.pretrain --spec <stage folder>/run_spec.json --out <stage folder> --node-rank 1
+
+The stage folder is content-addressed, so a node started before the run (a pod of a Kubernetes Job)
+cannot name it. For such nodes, node 0 also writes `<artifacts root>/pretrain/rendezvous/<rdzv_id>.json`
+(`{"spec": ..., "out": ...}`) while its torchrun runs, and they wait for that file::
+
+    python -m tasks.pretrain join --artifacts-root <artifacts root> --rdzv-id <rdzv_id> --node-rank 1
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,8 @@ from tasks.common.tracking import RUN_ID_ENV, MetricLogger
 log = logging.getLogger("lmforge.pretrain")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILE = "run_spec.json"
+RENDEZVOUS_DIR = "rendezvous"  # under <artifacts root>/pretrain/, beside the stage folders
+JOIN_TIMEOUT_S = 3600.0
 TAIL_LINES = 40
 _RANK_PREFIX = re.compile(r"^\[[A-Za-z_]+(\d+)\]:(.*)$")  # torchrun --tee: "[default0]:<line>"
 
@@ -49,6 +58,13 @@ def write_spec(cfg: PretrainConfig, tokens_dir: Path, tokenizer_dir: Path, path:
     spec = {"config": cfg.model_dump(mode="json"), "tokens_dir": str(tokens_dir), "tokenizer_dir": str(tokenizer_dir)}
     atomic_write_text(path, json.dumps(spec, indent=2))
     return path
+
+
+def rendezvous_file(artifacts_root: Path, rdzv_id: str) -> Path:
+    """Where node 0 of run `rdzv_id` announces its spec and stage folder to the joining nodes."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", rdzv_id):
+        raise ValueError(f"pretrain.rdzv_id={rdzv_id!r} must be a plain name (letters, digits, '.', '_', '-')")
+    return Path(artifacts_root) / "pretrain" / RENDEZVOUS_DIR / f"{rdzv_id}.json"
 
 
 def threads_per_proc(cfg: PretrainConfig) -> int:
@@ -236,6 +252,12 @@ def launch(cfg: PretrainConfig, source: Manifest, out: Path, log_: MetricLogger)
     spec = write_spec(cfg, source.dir, source.dir / "tokenizer", out / SPEC_FILE)
     env = worker_env(cfg, log_.run_id, getattr(log_, "tracking_uri", None))
     (out / "train_summary.json").unlink(missing_ok=True)
+    # the stage folder is <artifacts root>/pretrain/<hash12>: announce it to nodes that cannot compute the hash
+    announce = rendezvous_file(out.parent.parent, cfg.rdzv_id) if cfg.nnodes > 1 else None
+    if announce:
+        atomic_write_text(announce, json.dumps({"spec": str(spec), "out": str(out)}))
+        log.info("pretrain: nodes 1..%d can join with `python -m tasks.pretrain join --artifacts-root %s "
+                 "--rdzv-id %s --node-rank N`", cfg.nnodes - 1, out.parent.parent, cfg.rdzv_id)
     with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as log_dir:
         try:
             run_torchrun(torchrun_command(cfg, spec, out, Path(log_dir)), env, out, Path(log_dir))
@@ -244,6 +266,9 @@ def launch(cfg: PretrainConfig, source: Manifest, out: Path, log_: MetricLogger)
                 raise
             # rank 0 writes the summary after the model and after every collective: the result is complete
             log.warning("a worker died after training finished; the outputs are complete: %s", str(e).splitlines()[0])
+        finally:
+            if announce:  # a node that starts later must not join a finished run
+                announce.unlink(missing_ok=True)
 
 
 def report(out: Path, log_: MetricLogger) -> StageReport:
@@ -278,19 +303,62 @@ def gate(cfg: PretrainConfig, manifest: Manifest) -> str | None:
     return None
 
 
+def join(spec_file: Path, out: Path, node_rank: int, nproc_per_node: int | None = None) -> None:
+    """Start this node's ranks of the run described by node 0's `spec_file`, writing into `out`."""
+    data = json.loads(Path(spec_file).read_text())
+    update = {"node_rank": node_rank} | ({"nproc_per_node": nproc_per_node} if nproc_per_node else {})
+    cfg = PretrainConfig.model_validate({**data["config"], **update})
+    with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as tmp:
+        spec = write_spec(cfg, Path(data["tokens_dir"]), Path(data["tokenizer_dir"]), Path(tmp) / SPEC_FILE)
+        cmd = torchrun_command(cfg, spec, Path(out), Path(tmp) / "logs")
+        run_torchrun(cmd, worker_env(cfg, None, None), Path(out), Path(tmp) / "logs")
+
+
+def wait_for_rendezvous(artifacts_root: Path, rdzv_id: str, timeout: float, poll: float = 2.0) -> dict[str, str]:
+    """Node 0's announcement `{"spec": ..., "out": ...}`, once its stage has launched torchrun."""
+    path = rendezvous_file(artifacts_root, rdzv_id)
+    log.info("waiting up to %.0f s for node 0 to announce run %s at %s", timeout, rdzv_id, path)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(
+                f"node 0 did not start pretrain run {rdzv_id!r} within {timeout:g} s: no rendezvous file {path} "
+                "(is node 0's artifacts root the same shared folder, and did its flow reach the pretrain stage?)"
+            )
+        time.sleep(min(poll, left))
+    return json.loads(path.read_text())  # written atomically: complete once it exists
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Join a multi-node run from another node (node 0 runs the stage itself)."""
-    p = argparse.ArgumentParser(description="Start this node's pretraining ranks of a multi-node run.")
+    """Join a multi-node run from another node (node 0 runs the stage itself).
+
+    `--spec FILE --out DIR --node-rank N` joins a run whose stage folder is known; `join --artifacts-root
+    DIR --rdzv-id ID --node-rank N` first waits for node 0 to announce it.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if argv[:1] == ["join"]:
+        p = argparse.ArgumentParser(prog="python -m tasks.pretrain join",
+                                    description="Wait for node 0 of run ID to launch, then start this node's ranks.")
+        p.add_argument("--artifacts-root", required=True, type=Path, help="node 0's artifacts root (shared storage)")
+        p.add_argument("--rdzv-id", required=True, help="the run's pretrain.rdzv_id")
+        p.add_argument("--node-rank", type=int, required=True)
+        p.add_argument("--nproc-per-node", type=int, help="override the config's processes per node")
+        p.add_argument("--timeout", type=float, default=JOIN_TIMEOUT_S, help="seconds to wait for node 0")
+        args = p.parse_args(argv[1:])
+        try:
+            found = wait_for_rendezvous(args.artifacts_root, args.rdzv_id, args.timeout)
+        except TimeoutError as e:
+            sys.exit(f"error: {e}")
+        log.info("joining run %s as node %d: %s", args.rdzv_id, args.node_rank, found["out"])
+        join(Path(found["spec"]), Path(found["out"]), args.node_rank, args.nproc_per_node)
+        return
+    p = argparse.ArgumentParser(prog="python -m tasks.pretrain",
+                                description="Start this node's pretraining ranks of a multi-node run.")
     p.add_argument("--spec", required=True, help="run_spec.json of the run (written by node 0's stage)")
     p.add_argument("--out", required=True, help="the stage folder (shared storage; node 0 writes into it)")
     p.add_argument("--node-rank", type=int, required=True)
     p.add_argument("--nproc-per-node", type=int, help="override the config's processes per node")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = json.loads(Path(args.spec).read_text())
-    update = {"node_rank": args.node_rank} | ({"nproc_per_node": args.nproc_per_node} if args.nproc_per_node else {})
-    cfg = PretrainConfig.model_validate({**data["config"], **update})
-    with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as tmp:
-        spec = write_spec(cfg, Path(data["tokens_dir"]), Path(data["tokenizer_dir"]), Path(tmp) / SPEC_FILE)
-        cmd = torchrun_command(cfg, spec, Path(args.out), Path(tmp) / "logs")
-        run_torchrun(cmd, worker_env(cfg, None, None), Path(args.out), Path(tmp) / "logs")
+    join(Path(args.spec), Path(args.out), args.node_rank, args.nproc_per_node)
