@@ -19,6 +19,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK"] = "true"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("LMFORGE_ARTIFACTS", None)
+os.environ.pop("LMFORGE_SET", None)  # extra overrides every flow applies (flows/lifecycle.py)
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,31 @@ def test_compose_dask_workers_see_what_the_flow_run_sees():
     assert dask_worker["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
     for name in ("dask-scheduler", "dask-worker", "redis"):
         assert services[name]["healthcheck"]["test"], name
-    assert "ports" not in services["redis"]  # no password: reachable inside the compose network only
+    assert "ports" not in services["redis"]  # reachable inside the compose network only
+
+
+def test_redis_password_comes_from_the_environment_everywhere():
+    """Redis requires a password; it reaches the server and the flow run (which talks to Redis) from the
+    environment or a Secret, by the variable dedup reads (`lsh_storage.password_env`), never from the config."""
+    from conf.dedup import RedisStorage
+
+    var = RedisStorage().password_env
+    services = _compose()["services"]
+    redis = services["redis"]
+    assert redis["environment"]["REDISCLI_AUTH"].startswith(f"${{{var}:?")  # compose refuses to start without it
+    assert "requirepass" in " ".join(redis["command"]) and "$$REDISCLI_AUTH" in " ".join(redis["command"])
+    assert services["worker"]["environment"][var].startswith(f"${{{var}:?")
+    assert var not in services["worker"]["environment"]["LMFORGE_DASK_OVERRIDES"]
+
+    k8s = _k8s()
+    secret_refs = {
+        name: {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for e in _container(k8s["Deployment", name])["env"]}
+        for name in ("redis", "prefect-process-worker")
+    }  # fmt: skip
+    assert secret_refs["redis"]["REDISCLI_AUTH"] == secret_refs["prefect-process-worker"][var] == "lmforge-redis"
+    assert "requirepass" in " ".join(_container(k8s["Deployment", "redis"])["command"])
+    helm_auth = yaml.safe_load((ROOT / "infra/helm/values.yaml").read_text())["redis"]["auth"]
+    assert helm_auth["enabled"] is True and helm_auth["existingSecret"] == "lmforge-redis"
 
 
 def test_compose_worker_dask_overrides_resolve_to_the_stack():
