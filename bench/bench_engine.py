@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> Path:
             {"bench": "engine/first pydocs run on the new cluster (untimed in (d))", "seconds": round(warm_up_s, 2)},
             {"bench": "engine/import flows.engine, new process (a worker's first no-op shard)",
              "seconds": round(imports["flows.engine"], 2)},
-            {"bench": "engine/import flows.runner, new process (a worker's first pipeline shard)",
+            {"bench": "engine/import flows.runner, new process (what a worker's first shard cost while the stage task's context travelled with it)",
              "seconds": round(imports["flows.runner"], 2)},
             {"bench": f"engine/CPU: {w} busy processes' throughput vs 1 (start, end)", "seconds": "",
              "speedup": f"{capacity[0]:.2f}, {capacity[1]:.2f}"},

@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from conf.execution import ExecutionConfig
 
@@ -31,8 +32,15 @@ def run_shard(fn: Callable[[Any], Any], job: Any, stage: str, index: int) -> Any
 @flow(name="shards", flow_run_name="{stage}-shards", validate_parameters=False, persist_result=False)
 def map_shards_flow(fn: Callable[[Any], Any], jobs: list[Any], stage: str) -> list[Any]:
     """Submit every shard to the flow's task runner; results in job order (the first failure re-raised)."""
-    futures = [run_shard.submit(fn, job, stage, i) for i, job in enumerate(jobs)]
-    return [f.result() for f in futures]
+    # Prefect ships the current task-run context with each submitted task. Here that is the stage task
+    # (flows/runner.py), and unpickling it makes every fresh worker import the whole stage registry
+    # (torch, transformers, trl: ~5 s). The shards need none of it: submit them as from a plain flow.
+    token = TaskRunContext.__var__.set(None)
+    try:
+        futures = [run_shard.submit(fn, job, stage, i) for i, job in enumerate(jobs)]
+        return [f.result() for f in futures]
+    finally:
+        TaskRunContext.__var__.reset(token)
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ class ShardCluster:
             threads_per_worker=self.cfg.dask_threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: never "8787 is already in use"
             env=env,
         )
         log.info("started a Dask LocalCluster (%d workers) at %s", self.cfg.dask_workers, cluster.scheduler_address)
