@@ -1,7 +1,8 @@
 """The deployment path end to end on real services: PostgreSQL-backed Prefect and MLflow servers, the
 `lmforge-process` work pool, the deployments of prefect.yaml, a worker, and `lifecycle/smoke` run by it.
 Both servers are then checked through their APIs: the Prefect flow run and its task runs (one per stage),
-and the MLflow parent run with one child run per stage."""
+and the MLflow parent run with one child run per stage. Then `data/tiny-dask` runs the data stages with
+one task run per shard on a Dask LocalCluster, reporting to the same server."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ FLOW_RUN_TIMEOUT_S = float(os.environ.get("LMFORGE_IT_FLOW_TIMEOUT", "900"))
 MAKE = ["make", "--no-print-directory", "-o", ".venv/.installed"]  # never reinstall from inside a test
 
 
-async def _run_and_wait(api: str, deployment: str, timeout: float, logs) -> tuple:
+async def _run_and_wait(api: str, deployment: str, timeout: float, logs, parameters: dict | None = None) -> tuple:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.objects import TERMINAL_STATES
@@ -32,7 +33,7 @@ async def _run_and_wait(api: str, deployment: str, timeout: float, logs) -> tupl
     with temporary_settings(updates={PREFECT_API_URL: api}):
         async with get_client() as client:
             dep = await client.read_deployment_by_name(deployment)
-            flow_run = await client.create_flow_run_from_deployment(dep.id)
+            flow_run = await client.create_flow_run_from_deployment(dep.id, parameters=parameters)
             deadline = time.monotonic() + timeout
             while True:
                 flow_run = await client.read_flow_run(flow_run.id)
@@ -48,6 +49,17 @@ async def _run_and_wait(api: str, deployment: str, timeout: float, logs) -> tupl
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
             )
             return dep, flow_run, task_runs
+
+
+async def _shard_task_runs(api: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        async with get_client() as client:
+            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-")))
+    return {r.name: r.state_type.value for r in runs}
 
 
 def test_smoke_deployment_runs_on_postgres_backed_servers(services: Services):
@@ -102,6 +114,20 @@ def test_smoke_deployment_runs_on_postgres_backed_servers(services: Services):
     assert any(k.startswith("count/") for k in stages["collect"].data.metrics)
     # artifacts went through the MLflow server's proxied store, not a local path
     assert client.list_artifacts(parent.info.run_id, "pipeline"), "no pipeline/stages.json on the server"
+
+    # The Dask deployment, its parameters edited as in the UI (smoke data, 4 shards): every shard of the
+    # sharded stages is a COMPLETED task run on the PostgreSQL-backed server.
+    t0 = time.perf_counter()
+    overrides = ["execution.engine=dask", "execution.dask_workers=2", "collect.shard_docs=150"]
+    _, data_run, _ = asyncio.run(_run_and_wait(
+        services.prefect_api, "data/tiny-dask", FLOW_RUN_TIMEOUT_S, services.logs,
+        parameters={"preset": "smoke", "overrides": overrides},
+    ))  # fmt: skip
+    print(f"data/tiny-dask (smoke data on a 2-worker LocalCluster) via the worker: {time.perf_counter() - t0:.1f} s")
+    assert data_run.state.is_completed(), f"{data_run.state_name}: {data_run.state.message}\n{tails(services.logs)}"
+    shard_runs = asyncio.run(_shard_task_runs(services.prefect_api))
+    for stage in ("filter", "dedup", "scrub"):
+        assert [shard_runs.get(f"{stage}-shard-{i:05d}") for i in range(4)] == ["COMPLETED"] * 4, shard_runs
 
     # the generated PostgreSQL password reached the servers through the environment only
     password = urlsplit(services.env["MLFLOW_BACKEND_STORE_URI"]).password
