@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+from functools import partial
+from pathlib import Path
 
 import pytest
 from prefect import flow
@@ -101,6 +105,25 @@ def test_a_corrupt_shard_fails_the_stage_naming_file_and_line(prefect_harness, t
 
     with pytest.raises(ValueError, match=rf"{bad.name}:3: not a document record"):
         filter_on_cluster()
+
+
+def die_once_on_shard_1(marker_dir: str, job: int) -> int:
+    """A shard job whose worker process is SIGKILLed the first time it runs shard 1."""
+    marker = Path(marker_dir) / "killed"
+    if job == 1 and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return job * 10
+
+
+def test_a_killed_worker_is_replaced_and_its_shard_rerun(prefect_harness, tmp_path):
+    @flow
+    def map_with_a_kill():
+        with ShardCluster(ExecutionConfig(engine="dask")) as cluster:
+            return DaskShardMap("kill", cluster.address())(partial(die_once_on_shard_1, str(tmp_path)), [0, 1, 2, 3])
+
+    assert map_with_a_kill() == [0, 10, 20, 30]
+    assert int((tmp_path / "killed").read_text()) != os.getpid()  # it was a worker that died
 
 
 def test_the_engine_is_not_part_of_any_stage_hash():
