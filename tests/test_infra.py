@@ -7,7 +7,9 @@ import importlib
 import json
 import re
 import shlex
+import signal
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
@@ -235,6 +237,17 @@ def test_torchrun_job_template_runs_the_flow_on_pod_0_and_joiners_elsewhere(tmp_
         return shlex.split(subprocess.run(argv, env=node_env, capture_output=True, text=True, check=True).stdout)
 
     assert run("0") == ["prefect", "flow-run", "execute"]
+    # pod 0 marks its flow over whatever the outcome, keeps its exit code, and passes SIGTERM on to the flow
+    shared = tmp_path / "artifacts"
+    over = shared / "pretrain" / "rendezvous" / f"{job_name}.over"
+    pod0_env = {"PATH": "/usr/bin:/bin", "NODE_RANK": "0", "JOB_NAME": job_name, "LMFORGE_ARTIFACTS": str(shared)}
+    failed = subprocess.run([sh, dash_c, script, arg0, "sh", "-c", "exit 3"], env=pod0_env, timeout=30)
+    assert failed.returncode == 3 and over.exists()
+    over.unlink()
+    pod0 = subprocess.Popen([sh, dash_c, script, arg0, "sleep", "60"], env=pod0_env)
+    time.sleep(0.5)
+    pod0.send_signal(signal.SIGTERM)
+    assert pod0.wait(timeout=10) == 128 + signal.SIGTERM and over.exists()  # the flow got the signal
     joiner = run("1")
     assert joiner[:4] == ["python", "-m", "tasks.pretrain", "join"]
     assert (_flag(joiner, "--artifacts-root"), _flag(joiner, "--rdzv-id"), _flag(joiner, "--node-rank")) == (

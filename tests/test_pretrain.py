@@ -11,6 +11,7 @@ import math
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from tasks.pretrain.data import GlobalBatches, TokenWindows, fit_micro_batch, ra
 from tasks.pretrain.flops import flops_per_token, gpu_peak_flops, measure_matmul_peak
 from tasks.pretrain.launch import (
     DivergedError,
+    flow_over_file,
     main,
     rendezvous_file,
     torchrun_command,
@@ -369,6 +371,19 @@ def test_join_waits_for_node_0_and_times_out_naming_the_rendezvous_file(tmp_path
     assert f"no rendezvous file {path}" in str(e.value.code) and "within 0.2 s" in str(e.value.code)
     with pytest.raises(ValueError, match=r"pretrain.rdzv_id='../x' must be a plain name"):
         rendezvous_file(tmp_path, "../x")
+
+
+def test_join_exits_cleanly_when_node_0s_flow_ends_without_a_run(tmp_path, caplog):
+    """Pod 0 marks its flow over (e.g. pretraining was cached): a waiting joiner stops at once, successfully."""
+    over = flow_over_file(tmp_path, "lmforge-pretrain-x7k2p")
+    assert over == tmp_path / "pretrain" / "rendezvous" / "lmforge-pretrain-x7k2p.over"
+    over.parent.mkdir(parents=True)
+    over.touch()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        main(["join", f"--artifacts-root={tmp_path}", "--rdzv-id=lmforge-pretrain-x7k2p", "--node-rank=1",
+              "--timeout=60"])
+    assert time.monotonic() - started < 10 and "without a pretraining run to join" in caplog.text
 
 
 def test_joiner_finds_node_0s_stage_folder_through_the_rendezvous_file(ddp_run, tokens_stage, tmp_path):

@@ -67,6 +67,12 @@ def rendezvous_file(artifacts_root: Path, rdzv_id: str) -> Path:
     return Path(artifacts_root) / "pretrain" / RENDEZVOUS_DIR / f"{rdzv_id}.json"
 
 
+def flow_over_file(artifacts_root: Path, rdzv_id: str) -> Path:
+    """Written by whatever runs node 0's flow when that flow ends (the Kubernetes job template's pod 0):
+    a joiner still waiting then knows no run will be announced (e.g. the pretrain stage was cached)."""
+    return rendezvous_file(artifacts_root, rdzv_id).with_suffix(".over")
+
+
 def threads_per_proc(cfg: PretrainConfig) -> int:
     return cfg.threads_per_proc or max(1, (os.cpu_count() or 1) // cfg.nproc_per_node)
 
@@ -314,12 +320,18 @@ def join(spec_file: Path, out: Path, node_rank: int, nproc_per_node: int | None 
         run_torchrun(cmd, worker_env(cfg, None, None), Path(out), Path(tmp) / "logs")
 
 
-def wait_for_rendezvous(artifacts_root: Path, rdzv_id: str, timeout: float, poll: float = 2.0) -> dict[str, str]:
-    """Node 0's announcement `{"spec": ..., "out": ...}`, once its stage has launched torchrun."""
+def wait_for_rendezvous(
+    artifacts_root: Path, rdzv_id: str, timeout: float, poll: float = 2.0
+) -> dict[str, str] | None:
+    """Node 0's announcement `{"spec": ..., "out": ...}` once its stage has launched torchrun, or None when
+    node 0's flow ended without announcing one (its flow-over file exists)."""
     path = rendezvous_file(artifacts_root, rdzv_id)
+    over = flow_over_file(artifacts_root, rdzv_id)
     log.info("waiting up to %.0f s for node 0 to announce run %s at %s", timeout, rdzv_id, path)
     deadline = time.monotonic() + timeout
     while not path.exists():
+        if over.exists():
+            return None
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(
@@ -351,6 +363,10 @@ def main(argv: list[str] | None = None) -> None:
             found = wait_for_rendezvous(args.artifacts_root, args.rdzv_id, args.timeout)
         except TimeoutError as e:
             sys.exit(f"error: {e}")
+        if found is None:
+            log.info("node 0's flow for run %s ended without a pretraining run to join (the stage was cached, or "
+                     "the flow stopped before it): nothing to do", args.rdzv_id)
+            return
         log.info("joining run %s as node %d: %s", args.rdzv_id, args.node_rank, found["out"])
         join(Path(found["spec"]), Path(found["out"]), args.node_rank, args.nproc_per_node)
         return
