@@ -50,12 +50,6 @@ def shard_jobs(source: Manifest, subdir: str = DOCS_DIR) -> list[ShardJob]:
     return [ShardJob(i, str(p)) for i, p in enumerate(shard_paths(source, subdir))]
 
 
-def documents_of(jobs: Iterable[ShardJob]) -> Iterator[Document]:
-    """Every document of the jobs' shards, in order."""
-    for job in jobs:
-        yield from job.documents()
-
-
 def first_per_key(samples: Iterable[dict[str, Any]], key: str, limit: int) -> list[dict[str, Any]]:
     """The first `limit` samples of each `sample[key]`, in order: merges per-shard samples as one pass would."""
     seen: dict[Any, int] = {}

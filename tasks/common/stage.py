@@ -6,8 +6,9 @@ A stage is a plain function::
 
 It reads only its inputs' files, writes only under `out`, reports through `log`, and returns its
 counts and metrics. A `sharded` stage also takes `map_shards` (`tasks/common/shards.py`): how to run
-its per-shard work, which the runner may send to a cluster. The runner hashes, locks, cleans half-written folders, opens the MLflow child
-run, writes the manifest last, and applies the stage's quality gate.
+its per-shard work, which the runner may send to a cluster. The runner hashes, locks, cleans
+half-written folders, opens the MLflow child run, writes the manifest last, and applies the stage's
+quality gate.
 """
 
 from __future__ import annotations

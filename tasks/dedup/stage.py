@@ -15,7 +15,8 @@ from pathlib import Path
 
 from conf.dedup import DedupConfig
 from tasks.common.artifacts import Manifest
-from tasks.common.shards import ShardJob, ShardMap, documents_of, shard_jobs
+from tasks.common.data import read_documents
+from tasks.common.shards import ShardJob, ShardMap, shard_jobs
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
 from tasks.dedup.core import Params, Result, Signed, cluster, sign, true_jaccard
@@ -62,7 +63,7 @@ def dedup(
     jobs = shard_jobs(source)
     params = params_of(cfg)
     if map_shards is None:
-        parts = [sign(((d.id, d.text) for d in documents_of(jobs)), params)]
+        parts = [sign(((d.id, d.text) for d in read_documents(source)), params)]
     else:
         parts = map_shards(partial(sign_shard, replace(params, workers=1)), jobs)
     result = cluster(parts, params)
