@@ -3,7 +3,7 @@
 A sharded stage (filter, dedup, scrub) splits its work into `ShardJob`s, one per upstream document
 shard, and hands them to a `ShardMap`: any function with the contract of the builtin `map` that returns
 a list in job order. The default runs them here, one after another; the Prefect runner passes one that
-runs each job as a Prefect task run on a Dask cluster (`flows/runner.py`). The mapped function must be
+runs each job as a Prefect task run on a Dask cluster (`flows/engine.py`). The mapped function must be
 picklable (a module-level function, or a `functools.partial` of one) and must write only its own files,
 named by the job's index, so the stage folder is the same whichever map ran it.
 
