@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Dask sets its loggers' levels from its config when `distributed` is first imported (after this)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from conf.loader import ConfigError
 
     try:
