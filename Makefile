@@ -87,8 +87,9 @@ deploy: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} LMFORGE_PROJECT_DIR=$(CURDIR) PATH=$(CURDIR)/$(BIN):$$PATH \
 	  $(BIN)/prefect --no-prompt deploy --all
 
+# DEPLOYMENT picks another one of prefect.yaml, e.g. DEPLOYMENT=data/tiny-dask (shards on a Dask LocalCluster)
 run-deployment: $(STAMP)
-	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect deployment run 'lifecycle/$(PRESET)' --watch
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect deployment run '$(or $(DEPLOYMENT),lifecycle/$(PRESET))' --watch
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH)
