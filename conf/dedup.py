@@ -43,6 +43,11 @@ class RedisStorage(BaseModel):
         None, description="Key prefix in Redis; default: a fresh random one per run, deleted at the end."
     )
 
+    def describe(self) -> str:
+        """Where the index lives and where its password comes from (never the password), for errors."""
+        given = "set" if os.environ.get(self.password_env) else "not set"
+        return f"the LSH index in Redis at {self.host}:{self.port} db {self.db} (password from ${self.password_env}: {given})"
+
     def storage_config(self) -> dict[str, Any]:
         redis: dict[str, Any] = {"host": self.host, "port": self.port, "db": self.db}
         if password := os.environ.get(self.password_env):

@@ -7,11 +7,16 @@ is skipped with a reason that says what to install.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +92,48 @@ def ensure_debian_binaries(
             f"install the Debian package: sudo apt-get install {package}"
         )
     return {b: p for b, p in found.items() if p}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path, password: str | None = None) -> Iterator[int]:
+    """A throwaway redis-server on a free loopback port, no persistence; its port. With `password`, the
+    server requires it (given on stdin, as infra/ does). Stopped afterwards."""
+    exe = ensure_debian_binaries("redis-server", ("redis-server",))["redis-server"]
+    redis = pytest.importorskip("redis", reason="needs the redis client: pip install -e '.[dev]'")
+    port = free_port()
+    log = Path(folder) / f"redis-{port}.log"
+    config = f"requirepass {password}\n" if password else ""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [exe, "-", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=folder, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(config.encode())
+    proc.stdin.close()
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not come up on port {port}:\n{log.read_text(errors='replace')}")
+                time.sleep(0.05)
+        client.close()
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +15,7 @@ from tasks.common.tracking import MetricLogger
 from tasks.dedup import core, dedup, gate
 from tasks.dedup.core import Params, find_duplicates
 from tests.helpers import documents_stage, seal
-from tests.services import ensure_debian_binaries
+from tests.services import redis_server
 
 VOCAB = [f"w{i}" for i in range(5000)]
 
@@ -316,42 +313,8 @@ def test_cli_errors_name_the_line(tmp_path, capsys):
 
 @pytest.fixture
 def redis_port(tmp_path):
-    """A throwaway redis-server on a free loopback port, no persistence; stopped afterwards."""
-    exe = ensure_debian_binaries("redis-server", ("redis-server",))["redis-server"]
-    redis = pytest.importorskip("redis", reason="needs the redis client: pip install -e '.[dev]'")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "redis.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=tmp_path,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"redis-server did not come up on port {port}:\n{log.read_text(errors='replace')}"
-                    )
-                time.sleep(0.05)
-        client.close()
+    with redis_server(tmp_path) as port:
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_redis_storage_gives_the_same_result(corpus, redis_port):
@@ -367,3 +330,17 @@ def test_redis_storage_gives_the_same_result(corpus, redis_port):
     assert [vars(d) for d in in_redis.duplicates] == [vars(d) for d in in_memory.duplicates]
     # the index's keys are removed afterwards
     assert redis.Redis(host="127.0.0.1", port=redis_port).dbsize() == 0
+
+
+def test_redis_with_a_password_from_the_environment(corpus, tmp_path, monkeypatch):
+    docs, _ = corpus
+    recs = [(d.id, d.text) for d in docs]
+    with redis_server(tmp_path, password="pw-from-env") as port:
+        cfg = DedupConfig(lsh_storage={"type": "redis", "host": "127.0.0.1", "port": port, "password_env": "TEST_PW"})
+        monkeypatch.setenv("TEST_PW", "wrong")
+        up = documents_stage(tmp_path, docs)
+        with pytest.raises(RuntimeError, match=rf"Redis at 127.0.0.1:{port} db 0 \(password from \$TEST_PW: set\)"):
+            dedup(cfg, {"filter": up}, tmp_path / "out", MetricLogger())
+        monkeypatch.setenv("TEST_PW", "pw-from-env")
+        in_redis = find_duplicates(recs, Params(storage_config=cfg.lsh_storage.storage_config()))
+    assert in_redis.keep.tolist() == find_duplicates(recs, Params()).keep.tolist()

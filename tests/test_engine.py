@@ -1,8 +1,8 @@
 """The Dask engine: data stages fanned out per shard as Prefect task runs on a real 2-worker LocalCluster.
 
-The same stages run in-process into one artifacts root and on the cluster into another; every stage
-folder must come out byte-identical (same content hash), and the Prefect server must hold one
-completed task run per shard.
+The same stages run in-process (LSH index in memory) into one artifacts root and on the cluster (LSH
+index in a real password-protected redis-server) into another; every stage folder must come out
+byte-identical (same content hash), and the Prefect server must hold one completed task run per shard.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tasks.common.data import Document
 from tasks.common.tracking import MetricLogger
 from tasks.filter import filter_documents
 from tests.helpers import documents_stage
+from tests.services import redis_server
 
 DATA_STAGES = ["collect", "filter", "dedup", "scrub"]
 SHARDS = 4  # 600 smoke documents, 150 per collect shard
@@ -33,15 +34,26 @@ SHARDS = 4  # 600 smoke documents, 150 per collect shard
 
 @pytest.fixture(scope="module")
 def runs(prefect_harness, mlflow_uri, tmp_path_factory):
-    def run(engine: str):
+    """The data stages in-process (LSH index in memory), then on the cluster with the LSH index in a real
+    password-protected redis-server: the scale-out path a team would use."""
+
+    def run(engine: str, *extra: str):
         root = tmp_path_factory.mktemp(f"artifacts-{engine}")
         cfg = load_config("smoke", overrides=[
             f"artifacts_root={root}", f"tracking.tracking_uri={mlflow_uri}", "tracking.experiment=engine-test",
-            "collect.shard_docs=150", f"execution.engine={engine}", "execution.dask_workers=2",
+            "collect.shard_docs=150", f"execution.engine={engine}", "execution.dask_workers=2", *extra,
         ])  # fmt: skip
         return lifecycle(cfg, ["scrub"])
 
-    return run("local"), run("dask")
+    local = run("local")
+    with redis_server(tmp_path_factory.mktemp("redis"), password="engine-test-pw") as port:
+        os.environ["LMFORGE_TEST_REDIS_PW"] = "engine-test-pw"
+        try:
+            dask = run("dask", "dedup.lsh_storage.type=redis", "dedup.lsh_storage.host=127.0.0.1",
+                       f"dedup.lsh_storage.port={port}", "dedup.lsh_storage.password_env=LMFORGE_TEST_REDIS_PW")
+        finally:
+            del os.environ["LMFORGE_TEST_REDIS_PW"]
+    return local, dask
 
 
 def test_cluster_run_equals_the_in_process_run(runs):
@@ -54,6 +66,8 @@ def test_cluster_run_equals_the_in_process_run(runs):
         assert b.files == a.files, name
         assert b.counts == a.counts, name
     assert dask.results["scrub"].manifest.counts["documents"] > 500
+    storages = [r.results["dedup"].manifest.extra["lsh_storage"] for r in runs]
+    assert storages == ["dict", "redis"]  # the same output, whichever engine and index
 
 
 def test_outputs_keep_one_shard_per_input_shard(runs):

@@ -66,7 +66,12 @@ def dedup(
         parts = [sign(((d.id, d.text) for d in read_documents(source)), params)]
     else:
         parts = map_shards(partial(sign_shard, replace(params, workers=1)), jobs)
-    result = cluster(parts, params)
+    try:
+        result = cluster(parts, params)
+    except Exception as e:
+        if type(e).__module__.split(".")[0] == "redis":  # say which server and which password were used
+            raise RuntimeError(f"dedup: {cfg.lsh_storage.describe()}: {type(e).__name__}: {e}") from e
+        raise
 
     samples = [result.duplicates[i] for i in sample_indices(result, cfg.sample_pairs)]
     wanted = {s.index for s in samples} | {s.keeper for s in samples}
@@ -121,7 +126,6 @@ def dedup(
             "ngram": cfg.ngram,
             "verify": cfg.verify,
             "false_negative_weight": cfg.false_negative_weight,
-            "storage": cfg.lsh_storage.type,
         },
         "cluster_sizes": {str(k): v for k, v in result.cluster_sizes.items()},
         # no timings: the report is one of the stage's content-hashed outputs (they go to the metrics)
@@ -164,7 +168,9 @@ def dedup(
             "clusters": sum(result.cluster_sizes.values()),
         },
         metrics=metrics,
-        extra={"lsh_bands": result.bands, "lsh_rows": result.rows, "cluster_sizes": report["cluster_sizes"]},
+        # where the LSH index lived does not change the output: not in the (content-hashed) report
+        extra={"lsh_bands": result.bands, "lsh_rows": result.rows, "cluster_sizes": report["cluster_sizes"],
+               "lsh_storage": cfg.lsh_storage.type},
     )
 
 
