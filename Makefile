@@ -38,7 +38,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration" -q
 
+# Also installs the `eval` extra (lm-evaluation-harness) for the lm_eval tests.
 test-slow: $(STAMP)
+	$(PIP) install -q -e '.[dev,eval]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m pytest -m "slow and not integration" -q
 
 test-all: $(STAMP)

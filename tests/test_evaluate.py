@@ -139,3 +139,90 @@ def test_lm_eval_is_optional(evaluated, monkeypatch):
     cfg = EvaluateConfig(lm_eval_tasks=["hellaswag"])
     with pytest.raises(RuntimeError, match="lmforge\\[eval\\]"):
         report.run_lm_eval(cfg, {"ppo": evaluated[1]["ppo"].dir / "model"}, "cpu")
+
+
+LM_EVAL_TASK = """\
+task: pydoc_module_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+LM_EVAL_ROWS = [("join", "os.path"), ("loads", "json"), ("chain", "itertools"), ("mean", "statistics"),
+                ("quote", "shlex"), ("parse", "ast"), ("walk", "os"), ("dedent", "textwrap")]
+
+
+def lm_eval_task_folder(folder):
+    """A multiple-choice lm_eval task on a local JSONL of 8 questions (no Hub dataset)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": f"Which module holds {fn}?", "choices": [mod, "json" if mod != "json" else "ast", "shlex"],
+             "answer": 0} for fn, mod in LM_EVAL_ROWS]
+    (folder / "pydoc_module_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "pydoc_module_mc.yaml").write_text(LM_EVAL_TASK.format(data=folder / "pydoc_module_mc.jsonl"))
+    return folder
+
+
+@pytest.mark.slow  # needs the `eval` extra, which `make test-slow` installs
+def test_lm_eval_runs_a_local_task_offline(evaluated, tmp_path, monkeypatch):
+    """The real harness path: a task YAML + JSONL from lm_eval_include_path, scored on the tiny SFT and PPO models,
+    with every socket connection refused (a Hub lookup would fail the run)."""
+    pytest.importorskip("lm_eval")
+    import socket
+
+    import datasets
+
+    attempts = []
+
+    def refuse(sock, address):
+        attempts.append(address)
+        raise OSError(f"test: network access to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    folder = lm_eval_task_folder(tmp_path / "lm_eval_tasks")
+    (tmp_path / "out").mkdir()
+    cfg = EvaluateConfig(**{**FAST, "sample_models": ["sft"], "decodings": ["greedy"], "max_prompts": 2,
+                            "plot": False, "lm_eval_tasks": ["pydoc_module_mc"], "lm_eval_models": ["sft", "ppo"],
+                            "lm_eval_limit": 6, "lm_eval_include_path": str(folder)})
+    m = ev.evaluate(cfg, inputs_of(evaluated[1]), tmp_path / "out", MetricLogger()).metrics
+    assert attempts == []
+    for model in ("sft", "ppo"):
+        for metric in ("acc_none", "acc_norm_none"):
+            assert 0.0 <= m[f"lm_eval/{model}/pydoc_module_mc/{metric}"] <= 1.0
+        assert m[f"lm_eval/{model}/pydoc_module_mc/sample_len"] == 6  # lm_eval_limit
+    assert not any("stderr" in k for k in m)
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["lm_eval/ppo/pydoc_module_mc/acc_none"] == \
+        m["lm_eval/ppo/pydoc_module_mc/acc_none"]
+
+
+@pytest.mark.slow
+def test_lm_eval_include_path_errors_name_the_field(evaluated, tmp_path):
+    pytest.importorskip("lm_eval")
+    model = {"ppo": evaluated[1]["ppo"].dir / "model"}
+    missing = EvaluateConfig(lm_eval_tasks=["pydoc_module_mc"], lm_eval_include_path=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="evaluate.lm_eval_include_path="):
+        report.run_lm_eval(missing, model, "cpu")
+    folder = lm_eval_task_folder(tmp_path / "tasks")
+    unknown = EvaluateConfig(lm_eval_tasks=["pydoc_modul_mc"], lm_eval_include_path=str(folder))
+    with pytest.raises(ValueError, match=r"lm_eval_tasks names \['pydoc_modul_mc'\].*pydoc_module_mc"):
+        report.run_lm_eval(unknown, model, "cpu")
+
+
+def test_lm_eval_include_folder_content_keys_the_stage_hash(evaluated, tmp_path):
+    folder = lm_eval_task_folder(tmp_path / "tasks")
+    cfg = EvaluateConfig(lm_eval_tasks=["pydoc_module_mc"], lm_eval_include_path=str(folder))
+    hash_of = lambda c: SPEC.hash_for(SimpleNamespace(evaluate=c), inputs_of(evaluated[1]))  # noqa: E731
+    before = hash_of(cfg)
+    assert set(cfg.result_fields()["_lm_eval_include_sha256"]) == {"pydoc_module_mc.jsonl", "pydoc_module_mc.yaml"}
+    with (folder / "pydoc_module_mc.jsonl").open("a") as f:
+        f.write(json.dumps({"question": "Which module holds sqrt?", "choices": ["math", "os"], "answer": 0}) + "\n")
+    assert hash_of(cfg) != before
+    assert "_lm_eval_include_sha256" not in EvaluateConfig().result_fields()
