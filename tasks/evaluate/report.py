@@ -104,21 +104,30 @@ def run_lm_eval(cfg, model_dirs: dict[str, Path], device: str) -> dict[str, floa
     return metrics
 
 
-def lm_eval_task_manager(cfg):
-    """A TaskManager that also knows the tasks of `cfg.lm_eval_include_path` (None without one: lm_eval's default).
-
-    When every requested task is a task of the folder, lm_eval's own ~15k task YAMLs are not indexed (~4 s saved).
-    """
+def lm_eval_include_folder(cfg) -> Path | None:
+    """`cfg.lm_eval_include_path` as a folder that exists (None when unset); checked when the stage starts,
+    not after the generations."""
     if cfg.lm_eval_include_path is None:
         return None
-    from lm_eval.tasks import TaskManager
-
     folder = Path(cfg.lm_eval_include_path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
             f"evaluate.lm_eval_include_path={cfg.lm_eval_include_path!r} is not a folder "
             f"(it should hold lm_eval task YAMLs; resolved to {folder.resolve()})"
         )
+    return folder
+
+
+def lm_eval_task_manager(cfg):
+    """A TaskManager that also knows the tasks of `cfg.lm_eval_include_path` (None without one: lm_eval's default).
+
+    When every requested task is a task of the folder, lm_eval's own ~15k task YAMLs are not indexed (~4 s saved).
+    """
+    folder = lm_eval_include_folder(cfg)
+    if folder is None:
+        return None
+    from lm_eval.tasks import TaskManager
+
     tasks = list(cfg.lm_eval_tasks)
     local = TaskManager(include_path=str(folder), include_defaults=False)
     if set(tasks) <= set(local.all_subtasks):

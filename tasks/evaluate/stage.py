@@ -43,6 +43,8 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Manifest], out: Path, log_: Metri
     missing = [k for k in INPUTS if k not in inputs]
     if missing:
         raise ValueError(f"evaluate needs the outputs of {', '.join(INPUTS)}; missing: {', '.join(missing)}")
+    if cfg.lm_eval_tasks:
+        report.lm_eval_include_folder(cfg)  # a wrong path fails now, not after the generations
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     metrics: dict[str, float] = {}
