@@ -208,21 +208,17 @@ class ProcessUsage:
 
 
 def _start_cluster(workers: int) -> tuple[Any, float]:
-    """A LocalCluster like flows/engine.py's (reporting to this process's Prefect API), and its start seconds."""
-    from distributed import LocalCluster
+    """The pipeline's own LocalCluster (flows/engine.py: ShardCluster, reporting to this process's
+    Prefect API), started now; and its start seconds."""
+    import distributed  # noqa: F401  (imports outside the timing, as in a long-running process)
+    import prefect_dask  # noqa: F401
 
-    from flows.engine import _prefect_api_url
+    from conf.execution import ExecutionConfig
+    from flows.engine import ShardCluster
 
-    env = {"PREFECT_API_URL": _prefect_api_url()}  # else every worker would start a Prefect server of its own
+    cluster = ShardCluster(ExecutionConfig(engine="dask", dask_workers=workers, dask_threads_per_worker=1))
     t0 = time.perf_counter()
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        env=env,
-    )
+    cluster.address()
     return cluster, time.perf_counter() - t0
 
 
@@ -413,7 +409,7 @@ def main(argv: list[str] | None = None) -> Path:
         # untimed run, to tell the cold cluster's start-up costs from the per-stage, per-shard ones
         before = {c.pid for c in psutil.Process().children(recursive=True)}
         cluster, start_s = _start_cluster(w)
-        address = cluster.scheduler_address
+        address = cluster.address()
         idle = frozenset(c.pid for c in psutil.Process().children(recursive=True)) - before
         first_noop = _map_overhead(address, 1, repeats=1)  # the workers' first Prefect task run: cold
         dask_warm = ["execution.engine=dask", f"execution.dask_address={address}"]
