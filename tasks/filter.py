@@ -330,7 +330,8 @@ def filter_documents(
     if total == 0:
         raise ValueError(f"filter: the input stage {source.stage} ({source.path}) has no documents")
     kept, kept_chars, chars_in = (sum(getattr(p, f) for p in parts) for f in ("kept", "kept_chars", "chars_in"))
-    dropped: Counter[str] = Counter({f.name: 0 for f in build_filters(cfg)})
+    names = list(parts[0].dropped)  # every part counts every filter, zeros included, in filter order
+    dropped: Counter[str] = Counter(dict.fromkeys(names, 0))
     for p in parts:
         dropped.update(p.dropped)  # update, not +: a Counter sum drops the zero counts
     samples_path = out / SAMPLES_FILE
@@ -345,7 +346,7 @@ def filter_documents(
     }
     log_.log_artifact(samples_path, "filter")
     log.info("filter: %d in, %d kept, drops %s", total, kept, {k: v for k, v in dropped.items() if v})
-    return StageReport(counts=counts, metrics=metrics, extra={"filters": [f.name for f in build_filters(cfg)]})
+    return StageReport(counts=counts, metrics=metrics, extra={"filters": names})
 
 
 def gate(cfg: FilterConfig, manifest: Manifest) -> str | None:
