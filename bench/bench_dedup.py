@@ -223,9 +223,21 @@ def main(argv: list[str] | None = None) -> Path:
         )
     print(f"\nwrote {args.out}")
     # the table `make bench` gathers into bench/results/SUMMARY.md and logs to MLflow
-    save("dedup", [{"bench": f"dedup: {r['method']}", "unit": "docs/s", "ours": r["docs_per_s"],
-                    "speedup": r["speedup"], "precision": r["precision"], "recall": r["recall"]} for r in rows],
-         result)
+    save(
+        "dedup",
+        [
+            {
+                "bench": f"dedup: {r['method']}",
+                "unit": "docs/s",
+                "ours": r["docs_per_s"],
+                "speedup": r["speedup"],
+                "precision": r["precision"],
+                "recall": r["recall"],
+            }
+            for r in rows
+        ],
+        result,
+    )
     return args.out
 
 

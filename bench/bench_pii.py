@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.common import measure_pair, row, save
 from conf.collect import PydocsSource
 from tasks.collect import SourceStats, pydocs_documents
-from tasks.pii.detect import Scrubber, luhn_ok
+from tasks.scrub.detect import Scrubber, luhn_ok
 
 SEED = 7
 
@@ -52,8 +52,14 @@ def positives(rng: random.Random) -> list[tuple[str, str]]:
     first = rng.choice(["alice", "bob", "carol", "dmitri", "eve"])
     return [
         ("EMAIL_ADDRESS", f"{first}.{rng.randint(1, 999)}@example.org"),
-        ("PHONE_NUMBER", rng.choice(["+1 415 555 0132", "+44 20 7946 0958", "+33 1 42 68 53 00", "(212) 555-0187"])),
-        ("IP_ADDRESS", f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"),
+        (
+            "PHONE_NUMBER",
+            rng.choice(["+1 415 555 0132", "+44 20 7946 0958", "+33 1 42 68 53 00", "(212) 555-0187"]),
+        ),
+        (
+            "IP_ADDRESS",
+            f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+        ),
         ("IP_ADDRESS", "2001:db8:85a3:0:0:8a2e:370:" + f"{rng.randint(4096, 65535):x}"),
         ("CREDIT_CARD", _luhn_number(rng, rng.choice(["4", "51", "37"]), 16)),
         ("US_SSN", f"{rng.randint(1, 665):03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"),
@@ -96,7 +102,9 @@ def build_corpus(n_docs: int = 400) -> tuple[list[str], list[set[tuple[str, int,
     return texts, labels
 
 
-def score(found: list[list[tuple[str, int, int]]], labels: list[set[tuple[str, int, int]]]) -> dict[str, float]:
+def score(
+    found: list[list[tuple[str, int, int]]], labels: list[set[tuple[str, int, int]]]
+) -> dict[str, float]:
     """Span-level precision/recall: a hit must overlap a gold span of the same type."""
     tp = fp = fn = 0
     for spans, gold in zip(found, labels, strict=True):
@@ -123,11 +131,24 @@ def main() -> Path:
     def baseline():
         return [baseline_find(t) for t in texts]
 
-    a, b, (found_ours, found_base) = measure_pair(ours, baseline, mb, "MB", runs=3, names=("lmforge", "regex-only"))
+    a, b, (found_ours, found_base) = measure_pair(
+        ours, baseline, mb, "MB", runs=3, names=("lmforge", "regex-only")
+    )
     q_ours, q_base = score(found_ours, labels), score(found_base, labels)
-    rows = [row("pii", a, b, precision=q_ours["precision"], recall=q_ours["recall"],
-                baseline_precision=q_base["precision"], baseline_recall=q_base["recall"])]
-    return save("pii", rows, {"documents": len(texts), "megabytes": mb, "planted_spans": sum(map(len, labels))})
+    rows = [
+        row(
+            "pii",
+            a,
+            b,
+            precision=q_ours["precision"],
+            recall=q_ours["recall"],
+            baseline_precision=q_base["precision"],
+            baseline_recall=q_base["recall"],
+        )
+    ]
+    return save(
+        "pii", rows, {"documents": len(texts), "megabytes": mb, "planted_spans": sum(map(len, labels))}
+    )
 
 
 if __name__ == "__main__":

@@ -43,27 +43,37 @@ THREADS = 1  # see the module docstring
 
 
 def build_input(root: Path, n_docs: int = 4000, vocab: int = 4096):
-    """A train_tokenizer-like folder from the pydocs corpus: byte-level BPE + train/val shards."""
+    """A tokenizer-like folder from the pydocs corpus: byte-level BPE + train/val shards."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = [d.text for d in pydocs_documents(PydocsSource(max_docs=n_docs), SourceStats())][:n_docs]
-    folder = root / "train_tokenizer" / "bench"
+    folder = root / "tokenizer" / "bench"
     specials = ["<|bos|>", "<|eos|>", "<|pad|>"]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=specials[0], eos_token=specials[1],
-                                  pad_token=specials[2], model_max_length=1024)
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=specials[0],
+        eos_token=specials[1],
+        pad_token=specials[2],
+        model_max_length=1024,
+    )
     tok.save_pretrained(folder / "tokenizer")
-    w = TokenShardWriter(folder, vocab_size=len(tok), eos_id=tok.eos_token_id, bos_id=tok.bos_token_id,
-                         pad_id=tok.pad_token_id)
+    w = TokenShardWriter(
+        folder, vocab_size=len(tok), eos_id=tok.eos_token_id, bos_id=tok.bos_token_id, pad_id=tok.pad_token_id
+    )
     for i, ids in enumerate(tok(texts).input_ids):
         w.write("val" if i % 20 == 0 else "train", ids + [tok.eos_token_id])
     w.close()
-    return seal(folder, "train_tokenizer"), len(tok)
+    return seal(folder, "tokenizer"), len(tok)
 
 
 def stage_run(cfg: PretrainConfig, source, root: Path, tracker: Tracker) -> dict:
@@ -72,14 +82,19 @@ def stage_run(cfg: PretrainConfig, source, root: Path, tracker: Tracker) -> dict
     out = Path(tempfile.mkdtemp(dir=root, prefix="stage-"))
     logger = tracker.start_stage(tracker.start_pipeline("bench", {}, {}).run_id, "pretrain", "bench", {}, {})
     t0 = time.perf_counter()
-    pretrain(cfg, {"train_tokenizer": source}, out, logger)
+    pretrain(cfg, {"tokenizer": source}, out, logger)
     wall = time.perf_counter() - t0
     tracker.end(logger)
     summary = json.loads((out / "train_summary.json").read_text())
     timed_tokens = (summary["steps"] - 1) * cfg.global_batch_tokens
-    return {"seconds": timed_tokens / summary["tokens_per_s"], "tokens": timed_tokens, "wall": wall,
-            "final_loss": summary["final_loss"], "flops_per_token": summary["flops_per_token"],
-            "peak_flops": summary["peak_flops"]}
+    return {
+        "seconds": timed_tokens / summary["tokens_per_s"],
+        "tokens": timed_tokens,
+        "wall": wall,
+        "final_loss": summary["final_loss"],
+        "flops_per_token": summary["flops_per_token"],
+        "peak_flops": summary["peak_flops"],
+    }
 
 
 def plain_loop(cfg: PretrainConfig, source, vocab: int) -> dict:
@@ -89,12 +104,17 @@ def plain_loop(cfg: PretrainConfig, source, vocab: int) -> dict:
 
     torch.set_num_threads(THREADS)
     data = open_split(source.dir, "train")[0]
-    dials = ModelDials(vocab, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_size(), cfg.seq_len)
+    dials = ModelDials(
+        vocab, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_size(), cfg.seq_len
+    )
     model = build_model(llama_config(dials, 0, 1, 2), cfg.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     gen = torch.Generator().manual_seed(cfg.seed)
     T, B, micro = cfg.seq_len, cfg.global_batch_seqs, min(cfg.micro_batch_size, cfg.global_batch_seqs)
@@ -114,7 +134,11 @@ def plain_loop(cfg: PretrainConfig, source, vocab: int) -> dict:
         if step == 0:
             first_done = time.perf_counter()
     seconds = time.perf_counter() - first_done
-    return {"seconds": seconds, "tokens": (cfg.max_steps - 1) * cfg.global_batch_tokens, "final_loss": float(loss.detach())}
+    return {
+        "seconds": seconds,
+        "tokens": (cfg.max_steps - 1) * cfg.global_batch_tokens,
+        "final_loss": float(loss.detach()),
+    }
 
 
 def measurement(name: str, runs: list[dict]) -> Measurement:
@@ -127,8 +151,15 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--runs", type=int, default=2)
     args = p.parse_args(argv or [])
-    base = dict(max_steps=args.steps, warmup_steps=min(30, args.steps // 4), eval_interval=args.steps,
-                eval_tokens=4096, checkpoint_interval=args.steps, sample_tokens=16, log_interval=10)
+    base = dict(
+        max_steps=args.steps,
+        warmup_steps=min(30, args.steps // 4),
+        eval_interval=args.steps,
+        eval_tokens=4096,
+        checkpoint_interval=args.steps,
+        sample_tokens=16,
+        log_interval=10,
+    )
     single = PretrainConfig(**base, nproc_per_node=1, threads_per_proc=THREADS)
     ddp = PretrainConfig(**base, nproc_per_node=2, threads_per_proc=1)
     with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
@@ -145,14 +176,29 @@ def main(argv: list[str] | None = None) -> Path:
     overhead = 1 - a.rate / b.rate
     wall = statistics.median(r["wall"] for r in ours)
     rows = [
-        row("pretrain_1proc_vs_plain_loop", a, b, overhead=f"{overhead:.1%}", ours_flops_per_s=f"{a.rate * fpt:.3g}",
-            baseline_flops_per_s=f"{b.rate * fpt:.3g}", ours_mfu=f"{a.rate * fpt / peak:.1%}",
-            stage_wall_s=round(wall, 1), startup_s=round(wall - a.median_s, 1)),
-        row("pretrain_2proc_ddp_vs_plain_loop", c, b, ours_flops_per_s=f"{c.rate * fpt:.3g}",
-            stage_wall_s=round(two[0]["wall"], 1)),
+        row(
+            "pretrain_1proc_vs_plain_loop",
+            a,
+            b,
+            overhead=f"{overhead:.1%}",
+            ours_flops_per_s=f"{a.rate * fpt:.3g}",
+            baseline_flops_per_s=f"{b.rate * fpt:.3g}",
+            ours_mfu=f"{a.rate * fpt / peak:.1%}",
+            stage_wall_s=round(wall, 1),
+            startup_s=round(wall - a.median_s, 1),
+        ),
+        row(
+            "pretrain_2proc_ddp_vs_plain_loop",
+            c,
+            b,
+            ours_flops_per_s=f"{c.rate * fpt:.3g}",
+            stage_wall_s=round(two[0]["wall"], 1),
+        ),
     ]
     details = {
-        "config": single.model_dump(mode="json"), "flops_per_token": fpt, "threads": THREADS,
+        "config": single.model_dump(mode="json"),
+        "flops_per_token": fpt,
+        "threads": THREADS,
         "load_1m_at_end": round(os.getloadavg()[0], 2),
         "runs": {"lmforge": ours, "plain": plain, "lmforge_ddp": two},
         "final_loss": {"lmforge": ours[-1]["final_loss"], "plain": plain[-1]["final_loss"]},

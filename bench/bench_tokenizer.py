@@ -35,14 +35,26 @@ def main() -> Path:
     def one_by_one():
         return [tok.encode(t).ids for t in texts]
 
-    a, b, (ids_a, ids_b) = measure_pair(batched, one_by_one, mb, "MB", runs=3,
-                                        names=("encode_batch (parallel)", "encode per document"))
+    a, b, (ids_a, ids_b) = measure_pair(
+        batched, one_by_one, mb, "MB", runs=3, names=("encode_batch (parallel)", "encode per document")
+    )
     assert ids_a == ids_b, "batched and per-document encodings differ"
     n_tokens = sum(map(len, ids_a))
-    rows = [row("tokenizer_encode", a, b, bytes_per_token=round(mb * 1e6 / n_tokens, 3),
-                train_mb_per_s=round(train_mb_s, 3), vocab_size=tok.get_vocab_size())]
-    return save("tokenizer", rows, {"documents": len(texts), "megabytes": mb, "tokens": n_tokens,
-                                    "train_seconds": train_times})
+    rows = [
+        row(
+            "tokenizer_encode",
+            a,
+            b,
+            bytes_per_token=round(mb * 1e6 / n_tokens, 3),
+            train_mb_per_s=round(train_mb_s, 3),
+            vocab_size=tok.get_vocab_size(),
+        )
+    ]
+    return save(
+        "tokenizer",
+        rows,
+        {"documents": len(texts), "megabytes": mb, "tokens": n_tokens, "train_seconds": train_times},
+    )
 
 
 if __name__ == "__main__":

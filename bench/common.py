@@ -142,8 +142,13 @@ def machine() -> dict[str, Any]:
 def save(name: str, rows: list[dict[str, Any]], details: dict[str, Any] | None = None) -> Path:
     """Write `bench/results/<name>.json` and `.md`, and print the table."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    payload = {"bench": name, "machine": machine(), "rows": rows, "details": details or {},
-               "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    payload = {
+        "bench": name,
+        "machine": machine(),
+        "rows": rows,
+        "details": details or {},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     table = markdown_table(rows)

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== bench {name} took {time.perf_counter() - t0:.1f}s", flush=True)
     summary = RESULTS_DIR / "SUMMARY.md"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    summary.write_text("\n".join(p.with_suffix(".md").read_text() for p in results if p.with_suffix(".md").exists()))
+    summary.write_text(
+        "\n".join(p.with_suffix(".md").read_text() for p in results if p.with_suffix(".md").exists())
+    )
     if results and not args.no_mlflow:
         run_id = log_to_mlflow(results)
         print(f"logged to MLflow run {run_id} (experiment lmforge-bench)")

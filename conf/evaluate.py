@@ -1,4 +1,4 @@
-"""Configs of the `evaluate` stage (held-out metrics, sample generations, gates) and the `export` stage."""
+"""Config of the `evaluate` stage: held-out metrics, sample generations and gates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from conf.base import StageConfig
 
@@ -22,7 +22,9 @@ DEFAULT_SAMPLE_PROMPTS = [
 
 class EvaluateConfig(StageConfig):
     # Gate thresholds change no output: a stricter gate re-checks the cached folder instead of re-running.
-    NOT_RESULT_AFFECTING = frozenset({"batch_size", "min_rm_accuracy", "min_win_rate", "max_kl", "max_ppl_ppo"})
+    NOT_RESULT_AFFECTING = frozenset(
+        {"batch_size", "min_rm_accuracy", "min_win_rate", "max_kl", "max_ppl_ppo"}
+    )
 
     # perplexity / bits per byte on the validation token shards
     block_size: int = Field(128, gt=1, description="Tokens per window (capped at the model's context).")
@@ -32,8 +34,12 @@ class EvaluateConfig(StageConfig):
     max_prompt_tokens: int = Field(192, gt=0, description="Prompts are left-truncated to this many tokens.")
     max_new_tokens: int = Field(48, gt=0, description="Response length cap for eval prompts.")
     max_pref_pairs: int = Field(64, gt=0, description="Held-out preference pairs scored by the reward model.")
-    max_rm_tokens: int = Field(384, gt=0, description="Reward-model inputs are truncated to this many tokens.")
-    kl_samples: int = Field(1, ge=0, description="Sampled PPO responses per prompt for the KL(PPO||SFT) estimate.")
+    max_rm_tokens: int = Field(
+        384, gt=0, description="Reward-model inputs are truncated to this many tokens."
+    )
+    kl_samples: int = Field(
+        1, ge=0, description="Sampled PPO responses per prompt for the KL(PPO||SFT) estimate."
+    )
     seed: int = 0
     batch_size: int = Field(16, gt=0, description="Sequences per forward/generate batch.")
     # sample-generation table
@@ -78,36 +84,3 @@ class EvaluateConfig(StageConfig):
                 if p.is_file() and "__pycache__" not in p.parts
             }
         return data
-
-
-class ExportConfig(StageConfig):
-    NOT_RESULT_AFFECTING = frozenset({"register_model"})
-
-    model_name: str = Field("lmforge-tiny", min_length=1, description="Name in the model card's model-index.")
-    registered_model_name: str = Field("lmforge-tiny", min_length=1, description="MLflow model registry name.")
-    register_model: bool = Field(True, description="Register the model in MLflow (skipped without tracking).")
-    license: str = "apache-2.0"
-    language: list[str] = Field(default_factory=lambda: ["en"])
-    intended_use: str = Field(
-        "A small research model trained end to end by lmforge, for studying the LLM lifecycle "
-        "(data, pretraining, SFT, reward modelling, PPO, evaluation). It answers questions about "
-        "Python library documentation in the style of docstring summaries."
-    )
-    out_of_scope_use: str = Field(
-        "Any production or user-facing use; factual lookup without verification; advice of any kind "
-        "(medical, legal, financial, security); generating code to run unreviewed; languages other "
-        "than the training data's."
-    )
-    limitations: str = Field(
-        "The model is small and trained on a narrow corpus: it produces fluent-looking but often wrong "
-        "text, repeats itself, and knows nothing outside its training documents. The reward model is a "
-        "learned proxy: PPO can exploit its blind spots (reward hacking), so higher reward does not "
-        "imply better answers. Biases of the source documents (style, topics, the authors' dialect of "
-        "English) carry over. PII scrubbing is pattern-based and can miss personal data."
-    )
-
-    @model_validator(mode="after")
-    def _check_language(self) -> ExportConfig:
-        if not self.language:
-            raise ValueError("export.language must name at least one language code (e.g. ['en'])")
-        return self

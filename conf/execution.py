@@ -24,5 +24,8 @@ class ExecutionConfig(BaseModel):
     )
     dask_workers: int = Field(2, ge=1, le=1024, description="Worker processes of the LocalCluster.")
     dask_threads_per_worker: int = Field(
-        1, ge=1, le=64, description="Threads per LocalCluster worker (1: the shard work is pure Python, GIL-bound)."
+        1,
+        ge=1,
+        le=64,
+        description="Threads per LocalCluster worker (1: the shard work is pure Python, GIL-bound).",
     )

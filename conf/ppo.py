@@ -11,7 +11,8 @@ from conf.base import StageConfig
 
 class PpoConfig(StageConfig):
     algorithm: Literal["ppo", "grpo", "rloo"] = Field(
-        "ppo", description="ppo: our RLHF-PPO (value model, GAE, KL-shaped reward); grpo/rloo: trl's trainers."
+        "ppo",
+        description="ppo: our RLHF-PPO (value model, GAE, KL-shaped reward); grpo/rloo: trl's trainers.",
     )
     seed: int = 0
     max_train_prompts: int | None = Field(None, ge=1, description="Use at most this many training prompts.")
@@ -27,13 +28,19 @@ class PpoConfig(StageConfig):
     # `ppo_epochs` passes of batch_size / mini_batch_size optimizer steps (GRPO/RLOO: the same schedule).
     steps: int = Field(30, ge=1, description="Rollout batches.")
     batch_size: int = Field(
-        32, ge=1, description="Completions per rollout batch, all processes together (GRPO/RLOO: "
-        "batch_size / num_generations prompts x num_generations completions)."
+        32,
+        ge=1,
+        description="Completions per rollout batch, all processes together (GRPO/RLOO: "
+        "batch_size / num_generations prompts x num_generations completions).",
     )
     mini_batch_size: int = Field(8, ge=1, description="Rollouts per optimizer step (all processes together).")
-    ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch (GRPO/RLOO: num_iterations).")
+    ppo_epochs: int = Field(
+        4, ge=1, description="Passes over each rollout batch (GRPO/RLOO: num_iterations)."
+    )
     learning_rate: float = Field(1e-3, gt=0, description="Policy (LoRA) learning rate.")
-    value_learning_rate: float = Field(2e-4, gt=0, description="Value model learning rate (full fine-tuning).")
+    value_learning_rate: float = Field(
+        2e-4, gt=0, description="Value model learning rate (full fine-tuning)."
+    )
     max_grad_norm: float = Field(1.0, gt=0)
 
     # Sampling.
@@ -44,7 +51,9 @@ class PpoConfig(StageConfig):
 
     # Reward shaping.
     init_kl_coef: float = Field(0.05, ge=0, description="KL penalty coefficient (GRPO/RLOO: beta).")
-    adaptive_kl: bool = Field(True, description="Ziegler et al.'s adaptive controller; False keeps the coefficient.")
+    adaptive_kl: bool = Field(
+        True, description="Ziegler et al.'s adaptive controller; False keeps the coefficient."
+    )
     kl_target: float = Field(4.0, gt=0, description="Adaptive KL: target per-sequence KL (nats).")
     kl_horizon: int = Field(2000, ge=1, description="Adaptive KL: horizon in episodes.")
     missing_eos_penalty: float | None = Field(
@@ -65,13 +74,19 @@ class PpoConfig(StageConfig):
     # Held-out evaluation (SFT vs tuned policy on align_data's sft/eval.jsonl prompts) and the gate.
     eval_prompts: int = Field(64, ge=1, description="At most this many held-out prompts.")
     eval_do_sample: bool = Field(False, description="False: greedy; True: sampling with a fixed seed.")
-    min_reward_gain: float = Field(0.0, description="Gate: reward_ppo_eval - reward_sft_eval must exceed this.")
-    max_kl: float = Field(30.0, gt=0, description="Gate: mean per-sequence KL(policy || SFT) on eval prompts.")
+    min_reward_gain: float = Field(
+        0.0, description="Gate: reward_ppo_eval - reward_sft_eval must exceed this."
+    )
+    max_kl: float = Field(
+        30.0, gt=0, description="Gate: mean per-sequence KL(policy || SFT) on eval prompts."
+    )
 
     num_processes: int = Field(1, ge=1, description="torchrun processes (>1 launches a torchrun subprocess).")
     cpu_threads: int | None = Field(
-        None, ge=1, description="Torch CPU threads while the stage runs (CPU only); default: torch's own choice. "
-        "1 is fastest for tiny models on a busy machine."
+        None,
+        ge=1,
+        description="Torch CPU threads while the stage runs (CPU only); default: torch's own choice. "
+        "1 is fastest for tiny models on a busy machine.",
     )
     log_every: int = Field(1, ge=1)
     sample_every: int = Field(10, ge=1, description="Log a table of sample rollouts every N steps.")

@@ -45,7 +45,9 @@ class PretrainConfig(StageConfig):
 
     # --- evaluation and samples ---
     eval_interval: int = Field(100, ge=1, description="Steps between validation passes (and one at the end).")
-    eval_tokens: int = Field(32768, ge=1, description="Held-out tokens per validation pass (capped by the split).")
+    eval_tokens: int = Field(
+        32768, ge=1, description="Held-out tokens per validation pass (capped by the split)."
+    )
     sample_prompts: list[str] = Field(
         default_factory=lambda: ["def ", "The "], description="Prompts sampled from at every checkpoint."
     )
@@ -57,13 +59,18 @@ class PretrainConfig(StageConfig):
     checkpoint_interval: int = Field(100, ge=1, description="Steps between checkpoints (resume points).")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
     keep_final_checkpoint: bool = Field(
-        False, description="Keep the last checkpoint (with optimizer state) in the output to continue training."
+        False,
+        description="Keep the last checkpoint (with optimizer state) in the output to continue training.",
     )
 
     # --- runtime: devices, parallelism, launch ---
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="DDP replicas, or FSDP2 (fully_shard) sharding.")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="DDP replicas, or FSDP2 (fully_shard) sharding."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU."
+    )
     compile: bool = Field(False, description="torch.compile the model.")
     nproc_per_node: int = Field(2, ge=1, description="Processes per node (one per GPU on GPU machines).")
     nnodes: int = Field(1, ge=1, description="Nodes in the run.")
@@ -81,12 +88,23 @@ class PretrainConfig(StageConfig):
     log_interval: int = Field(10, ge=1, description="Steps between progress lines and MLflow flushes.")
 
     # --- quality gate ---
-    max_val_loss: float | None = Field(None, gt=0, description="Fail the stage if the final val loss is above this.")
+    max_val_loss: float | None = Field(
+        None, gt=0, description="Fail the stage if the final val loss is above this."
+    )
 
     NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset(
         {
-            "micro_batch_size", "compile", "nproc_per_node", "nnodes", "node_rank", "rdzv_backend",
-            "rdzv_endpoint", "rdzv_id", "threads_per_proc", "log_interval", "keep_checkpoints",
+            "micro_batch_size",
+            "compile",
+            "nproc_per_node",
+            "nnodes",
+            "node_rank",
+            "rdzv_backend",
+            "rdzv_endpoint",
+            "rdzv_id",
+            "threads_per_proc",
+            "log_interval",
+            "keep_checkpoints",
         }
     )
 
@@ -101,9 +119,13 @@ class PretrainConfig(StageConfig):
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
         if self.d_model % self.n_heads:
-            raise ValueError(f"pretrain.d_model={self.d_model} must be a multiple of pretrain.n_heads={self.n_heads}")
+            raise ValueError(
+                f"pretrain.d_model={self.d_model} must be a multiple of pretrain.n_heads={self.n_heads}"
+            )
         if self.n_kv_heads and self.n_heads % self.n_kv_heads:
-            raise ValueError(f"pretrain.n_heads={self.n_heads} must be a multiple of pretrain.n_kv_heads={self.n_kv_heads}")
+            raise ValueError(
+                f"pretrain.n_heads={self.n_heads} must be a multiple of pretrain.n_kv_heads={self.n_kv_heads}"
+            )
         if self.global_batch_tokens % self.seq_len:
             raise ValueError(
                 f"pretrain.global_batch_tokens={self.global_batch_tokens} must be a multiple of "
@@ -120,9 +142,13 @@ class PretrainConfig(StageConfig):
                 f"pretrain.warmup_steps={self.warmup_steps} must be below pretrain.max_steps={self.max_steps}"
             )
         if self.node_rank >= self.nnodes:
-            raise ValueError(f"pretrain.node_rank={self.node_rank} must be below pretrain.nnodes={self.nnodes}")
+            raise ValueError(
+                f"pretrain.node_rank={self.node_rank} must be below pretrain.nnodes={self.nnodes}"
+            )
         if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise ValueError("pretrain.rdzv_endpoint (host:port of node 0) is required when pretrain.nnodes > 1")
+            raise ValueError(
+                "pretrain.rdzv_endpoint (host:port of node 0) is required when pretrain.nnodes > 1"
+            )
         if self.rdzv_endpoint and not _is_host_port(self.rdzv_endpoint):
             raise ValueError(f"pretrain.rdzv_endpoint={self.rdzv_endpoint!r} must look like host:port")
         return self

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from conf.align import AlignDataConfig, RewardConfig, SftConfig
+from conf.align_data import AlignDataConfig
 from conf.collect import CollectConfig
 from conf.dedup import DedupConfig
-from conf.evaluate import EvaluateConfig, ExportConfig
+from conf.evaluate import EvaluateConfig
 from conf.execution import ExecutionConfig
+from conf.export import ExportConfig
 from conf.filter import FilterConfig
-from conf.pii import PiiConfig
 from conf.ppo import PpoConfig
 from conf.pretrain import PretrainConfig
+from conf.reward import RewardConfig
+from conf.scrub import ScrubConfig
+from conf.sft import SftConfig
 from conf.tokenizer import TokenizerConfig
 
 
@@ -30,8 +35,34 @@ class TrackingConfig(BaseModel):
     experiment: str = "lmforge"
 
 
+# Config sections renamed to their stage's name: old key -> new key. The old key still works, with a warning.
+RENAMED_SECTIONS = {"pii": "scrub"}
+
+
 class PipelineConfig(BaseModel):
+    """One section per stage, named like the stage (see `flows/stages.py`), plus tracking and execution."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for old, new in RENAMED_SECTIONS.items():
+            if old not in data:
+                continue
+            if new in data:
+                raise ValueError(
+                    f"both '{old}' and '{new}' are set: '{old}' is the old name of '{new}'; keep '{new}'"
+                )
+            warnings.warn(
+                f"config section '{old}' is now '{new}' (e.g. --set {new}.workers=2); '{old}' will stop working",
+                FutureWarning,
+                stacklevel=2,
+            )
+            data = {(new if k == old else k): v for k, v in data.items()}
+        return data
 
     name: str = Field("lmforge", description="Run name prefix shown in MLflow and Prefect.")
     preset: str = Field("custom", description="Preset this config was built from (informational).")
@@ -44,7 +75,7 @@ class PipelineConfig(BaseModel):
     collect: CollectConfig = Field(default_factory=CollectConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
-    pii: PiiConfig = Field(default_factory=PiiConfig)
+    scrub: ScrubConfig = Field(default_factory=ScrubConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     align_data: AlignDataConfig = Field(default_factory=AlignDataConfig)

@@ -1,4 +1,4 @@
-"""Config of the `train_tokenizer` stage: byte-level BPE, the train/val split and decontamination."""
+"""Config of the `tokenizer` stage: byte-level BPE, the train/val split and decontamination."""
 
 from __future__ import annotations
 

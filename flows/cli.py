@@ -12,8 +12,14 @@ from pathlib import Path
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="preset in conf/presets (default: tiny)")
     p.add_argument("--config", help="YAML file merged over the preset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set dedup.normalize=false (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set dedup.normalize=false (repeatable)",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -46,8 +52,13 @@ def print_summary(run, console=None) -> None:
         table.add_column(col)
     for name, r in run.results.items():
         folder = Path(r.manifest.path)
-        table.add_row(name, r.status, f"{r.seconds:.1f}", r.key_figure(STAGES[name].key_figure),
-                      f"{folder.parent.name}/{folder.name}")
+        table.add_row(
+            name,
+            r.status,
+            f"{r.seconds:.1f}",
+            r.key_figure(STAGES[name].key_figure),
+            f"{folder.parent.name}/{folder.name}",
+        )
     if run.failed_stage:
         table.add_row(run.failed_stage, "[red]failed[/red]", "", "", "")
     console.print(table)
@@ -59,8 +70,10 @@ def print_summary(run, console=None) -> None:
         export = run.results["export"].manifest
         console.print(f"model card: {Path(export.path) / 'model' / 'README.md'}")
         if export.extra.get("registered_model_name"):
-            console.print(f"registered model: {export.extra['registered_model_name']} "
-                          f"version {export.extra.get('registered_model_version')}")
+            console.print(
+                f"registered model: {export.extra['registered_model_name']} "
+                f"version {export.extra.get('registered_model_version')}"
+            )
     if run.results:
         root = Path(next(iter(run.results.values())).manifest.path).parents[1]
         console.print(f"stage folders under {root}")
@@ -68,10 +81,14 @@ def print_summary(run, console=None) -> None:
     if run.error:
         console.print(f"[red]{run.failed_stage} failed:[/red] {run.error}")
     uri = run.tracking_uri
-    console.print(f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)")
+    console.print(
+        f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)"
+    )
     if run.experiment_id:
-        console.print(f"  then open http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs "
-                      "(expand a pipeline run to see its stages)")
+        console.print(
+            f"  then open http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs "
+            "(expand a pipeline run to see its stages)"
+        )
 
 
 def cmd_run(args: argparse.Namespace, targets: list[str] | None = None) -> int:
@@ -111,7 +128,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
-    from tasks.pii.cli import run
+    from tasks.scrub.cli import run
 
     return run(args)
 
@@ -123,8 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the whole lifecycle (or a sub-flow) with caching")
     _config_args(p)
-    p.add_argument("--flow", default="lifecycle", choices=["lifecycle", "data", "pretrain", "align", "evaluate"],
-                   help="the whole lifecycle (default) or one sub-flow, with cached upstream stages")
+    p.add_argument(
+        "--flow",
+        default="lifecycle",
+        choices=["lifecycle", "data", "pretrain", "align", "evaluate"],
+        help="the whole lifecycle (default) or one sub-flow, with cached upstream stages",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one stage, with its upstream stages from cache")
@@ -142,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     dedup_arguments(p)
     p.set_defaults(func=cmd_dedup)
 
-    from tasks.pii.cli import add_arguments as scrub_arguments
+    from tasks.scrub.cli import add_arguments as scrub_arguments
 
     p = sub.add_parser("scrub", help="replace PII in a JSONL file with <TYPE> placeholders, offsets in `pii`")
     scrub_arguments(p)
@@ -153,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Dask sets its loggers' levels from its config when `distributed` is first imported (after this)

@@ -95,7 +95,9 @@ class ShardCluster:
             dashboard_address=":0",  # a free port: never "8787 is already in use"
             env=env,
         )
-        log.info("started a Dask LocalCluster (%d workers) at %s", self.cfg.dask_workers, cluster.scheduler_address)
+        log.info(
+            "started a Dask LocalCluster (%d workers) at %s", self.cfg.dask_workers, cluster.scheduler_address
+        )
         return cluster
 
     def close(self) -> None:

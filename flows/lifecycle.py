@@ -81,5 +81,10 @@ pretrain_flow = _subflow("pretrain")
 align_flow = _subflow("align")
 evaluate_flow = _subflow("evaluate")
 
-FLOWS = {"lifecycle": lifecycle, "data": data_flow, "pretrain": pretrain_flow, "align": align_flow,
-         "evaluate": evaluate_flow}
+FLOWS = {
+    "lifecycle": lifecycle,
+    "data": data_flow,
+    "pretrain": pretrain_flow,
+    "align": align_flow,
+    "evaluate": evaluate_flow,
+}

@@ -53,14 +53,22 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
 
 
 def _run_stage_task(
-    config: PipelineConfig, inputs: dict[str, Manifest], tracking: TrackingHandle, dask_address: str | None = None
+    config: PipelineConfig,
+    inputs: dict[str, Manifest],
+    tracking: TrackingHandle,
+    dask_address: str | None = None,
 ) -> StageResult:
     from prefect.context import get_run_context
 
     spec = STAGES[get_run_context().task.name]
     map_shards = DaskShardMap(spec.name, dask_address) if dask_address and spec.sharded else None
     return run_stage(
-        spec, config, inputs, config.resolved_artifacts_root(), tracking.tracker(), tracking.parent_run_id,
+        spec,
+        config,
+        inputs,
+        config.resolved_artifacts_root(),
+        tracking.tracker(),
+        tracking.parent_run_id,
         map_shards=map_shards,
     )
 
@@ -106,7 +114,9 @@ class PipelineRun:
         return {name: r.manifest for name, r in self.results.items()}
 
 
-def run_pipeline(config: PipelineConfig, targets: list[str] | None = None, run_name: str | None = None) -> PipelineRun:
+def run_pipeline(
+    config: PipelineConfig, targets: list[str] | None = None, run_name: str | None = None
+) -> PipelineRun:
     """Run the stages `targets` need, each through its Prefect task, under one MLflow parent run."""
     started = time.perf_counter()
     stages = plan(targets)
@@ -116,7 +126,11 @@ def run_pipeline(config: PipelineConfig, targets: list[str] | None = None, run_n
     parent = tracker.start_pipeline(
         run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         params=config.model_dump(mode="json"),
-        tags={"lmforge.preset": config.preset, "lmforge.stages": ",".join(stages), "lmforge.artifacts_root": root},
+        tags={
+            "lmforge.preset": config.preset,
+            "lmforge.stages": ",".join(stages),
+            "lmforge.artifacts_root": root,
+        },
     )
     handle = TrackingHandle(tracker.tracking_uri, config.tracking.experiment, parent.run_id)
     run = PipelineRun(parent.run_id, tracker.tracking_uri, tracker.experiment_id)
@@ -153,11 +167,25 @@ def run_pipeline(config: PipelineConfig, targets: list[str] | None = None, run_n
 def _log_summary(parent: MetricLogger, run: PipelineRun) -> None:
     rows = []
     for name, r in run.results.items():
-        parent.set_tags({f"lmforge.stage.{name}.run_id": r.run_id, f"lmforge.stage.{name}.hash": r.manifest.stage_hash})
+        parent.set_tags(
+            {f"lmforge.stage.{name}.run_id": r.run_id, f"lmforge.stage.{name}.hash": r.manifest.stage_hash}
+        )
         parent.log_metrics({f"stage_seconds/{name}": r.seconds})
-        rows.append({"stage": name, "status": r.status, "seconds": round(r.seconds, 2), "hash": r.manifest.stage_hash,
-                     "path": r.manifest.path})
-    parent.log_metrics({"pipeline_seconds": run.seconds, "stages_ran": sum(r.status == "ran" for r in run.results.values()),
-                        "stages_cached": sum(r.status == "cached" for r in run.results.values())})
+        rows.append(
+            {
+                "stage": name,
+                "status": r.status,
+                "seconds": round(r.seconds, 2),
+                "hash": r.manifest.stage_hash,
+                "path": r.manifest.path,
+            }
+        )
+    parent.log_metrics(
+        {
+            "pipeline_seconds": run.seconds,
+            "stages_ran": sum(r.status == "ran" for r in run.results.values()),
+            "stages_cached": sum(r.status == "cached" for r in run.results.values()),
+        }
+    )
     if rows:
         parent.log_dict(rows, "pipeline/stages.json")

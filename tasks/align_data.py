@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conf.align import AlignDataConfig, DatasetSource
+from conf.align_data import AlignDataConfig, DatasetSource
+from tasks.common.alignment import EVAL_DOCUMENTS, PREF_FILES, SFT_FILES
 from tasks.common.artifacts import Manifest
-from tasks.common.data import Document, iter_jsonl, read_documents
+from tasks.common.data import Document, read_documents
 from tasks.common.splits import is_eval_module
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
@@ -32,9 +33,6 @@ from tasks.common.tracking import MetricLogger
 log = logging.getLogger(__name__)
 STAGE_VERSION = 1
 
-SFT_FILES = {"train": "sft/train.jsonl", "eval": "sft/eval.jsonl"}
-PREF_FILES = {"train": "prefs/train.jsonl", "eval": "prefs/eval.jsonl"}
-EVAL_DOCUMENTS = "eval_documents.jsonl"
 
 
 class AlignDataError(ValueError):
@@ -123,7 +121,9 @@ def truncated(answer: str, rng: random.Random) -> str | None:
 def shuffled(answer: str, rng: random.Random) -> tuple[str, str] | None:
     """Sentences in another order, or for a single sentence its words; (text, kind) or None."""
     sents = split_sentences(answer)
-    units, kind, sep = (sents, "shuffled_sentences", " ") if len(sents) >= 2 else (answer.split(), "shuffled_words", " ")
+    units, kind, sep = (
+        (sents, "shuffled_sentences", " ") if len(sents) >= 2 else (answer.split(), "shuffled_words", " ")
+    )
     if len(units) < (2 if kind == "shuffled_sentences" else 4):
         return None
     for _ in range(10):
@@ -256,7 +256,11 @@ def _messages(value: Any, role: str, where: str, field: str) -> list[dict[str, s
     """A string or a list of {role, content} messages, as a message list."""
     if isinstance(value, str):
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    ):
         return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
     raise AlignDataError(f"{where}: field {field!r} must be a string or a list of {{role, content}} messages")
 
@@ -274,7 +278,9 @@ def sft_record(row: dict[str, Any], where: str) -> tuple[list[dict], list[dict]]
             f"{where}: missing field {missing[0]!r}: an SFT row needs 'messages', or 'prompt' and 'completion' "
             f"(row has: {', '.join(sorted(row)) or 'nothing'})"
         )
-    return _messages(row["prompt"], "user", where, "prompt"), _messages(row["completion"], "assistant", where, "completion")
+    return _messages(row["prompt"], "user", where, "prompt"), _messages(
+        row["completion"], "assistant", where, "completion"
+    )
 
 
 def pref_record(row: dict[str, Any], where: str) -> tuple[list[dict], list[dict], list[dict]]:
@@ -292,14 +298,18 @@ def pref_record(row: dict[str, Any], where: str) -> tuple[list[dict], list[dict]
             _messages(row["rejected"], "assistant", where, "rejected"),
         )
     if isinstance(row["chosen"], str):
-        raise AlignDataError(f"{where}: missing field 'prompt' (needed when 'chosen' and 'rejected' are strings)")
+        raise AlignDataError(
+            f"{where}: missing field 'prompt' (needed when 'chosen' and 'rejected' are strings)"
+        )
     chosen = _messages(row["chosen"], "user", where, "chosen")
     rejected = _messages(row["rejected"], "user", where, "rejected")
     n = 0
     while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
         n += 1
     if n == 0:
-        raise AlignDataError(f"{where}: missing field 'prompt' ('chosen' and 'rejected' share no leading messages)")
+        raise AlignDataError(
+            f"{where}: missing field 'prompt' ('chosen' and 'rejected' share no leading messages)"
+        )
     return chosen[:n], chosen[n:], rejected[n:]
 
 
@@ -352,11 +362,9 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [rec for _, rec in iter_jsonl(path)]
-
-
-def align_data(cfg: AlignDataConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
+def align_data(
+    cfg: AlignDataConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger
+) -> StageReport:
     counts: Counter = Counter()
     sft: dict[str, list[dict]] = {"train": [], "eval": []}
     prefs: dict[str, list[dict]] = {"train": [], "eval": []}
@@ -383,8 +391,12 @@ def align_data(cfg: AlignDataConfig, inputs: dict[str, Manifest], out: Path, log
             sft[split].append({**base, "completion": _assistant(p.answer)})
             if p.rejected is not None:
                 prefs[split].append(
-                    {**base, "chosen": _assistant(p.answer), "rejected": _assistant(p.rejected),
-                     "rejected_kind": p.rejected_kind}
+                    {
+                        **base,
+                        "chosen": _assistant(p.answer),
+                        "rejected": _assistant(p.rejected),
+                        "rejected_kind": p.rejected_kind,
+                    }
                 )
     for split, recs in user_records(cfg.sft_datasets, "sft", cfg, counts).items():
         sft[split].extend(recs)

@@ -321,7 +321,11 @@ def filter_shard(cfg: FilterConfig, out: Path, job: ShardJob) -> FilterPart:
 
 
 def filter_documents(
-    cfg: FilterConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger, map_shards: ShardMap | None = None
+    cfg: FilterConfig,
+    inputs: dict[str, Manifest],
+    out: Path,
+    log_: MetricLogger,
+    map_shards: ShardMap | None = None,
 ) -> StageReport:
     """Map `filter_shard` over the input shards, then add up the counts and keep the first samples per reason."""
     source = next(iter(inputs.values()))
@@ -329,7 +333,9 @@ def filter_documents(
     total = sum(p.total for p in parts)
     if total == 0:
         raise ValueError(f"filter: the input stage {source.stage} ({source.path}) has no documents")
-    kept, kept_chars, chars_in = (sum(getattr(p, f) for p in parts) for f in ("kept", "kept_chars", "chars_in"))
+    kept, kept_chars, chars_in = (
+        sum(getattr(p, f) for p in parts) for f in ("kept", "kept_chars", "chars_in")
+    )
     names = list(parts[0].dropped)  # every part counts every filter, zeros included, in filter order
     dropped: Counter[str] = Counter(dict.fromkeys(names, 0))
     for p in parts:

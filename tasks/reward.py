@@ -19,10 +19,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from conf.align import RewardConfig
-from tasks.align_data import PREF_FILES, read_jsonl
+from conf.reward import RewardConfig
+from tasks.common.alignment import PREF_FILES
 from tasks.common.artifacts import Manifest
 from tasks.common.hf_callback import MetricLoggerCallback
+from tasks.common.jsonl import read_jsonl
 from tasks.common.models import count_parameters, load_tokenizer, model_dir, save_model_folder, torch_threads
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
@@ -115,7 +116,9 @@ def reward(cfg: RewardConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
         return train_reward(cfg, inputs, out, log_)
 
 
-def train_reward(cfg: RewardConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
+def train_reward(
+    cfg: RewardConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger
+) -> StageReport:
     from transformers import set_seed
     from trl import RewardConfig as TrlRewardConfig
     from trl import RewardTrainer
@@ -144,11 +147,18 @@ def train_reward(cfg: RewardConfig, inputs: dict[str, Manifest], out: Path, log_
     )
     callback = MetricLoggerCallback(log_)
     trainer = RewardTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tok, callbacks=[callback]
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evals,
+        processing_class=tok,
+        callbacks=[callback],
     )
     kept = len(trainer.train_dataset)
     if kept == 0:
-        raise ValueError(f"every training pair is longer than reward.max_length={max_length} tokens: raise it")
+        raise ValueError(
+            f"every training pair is longer than reward.max_length={max_length} tokens: raise it"
+        )
     before = evaluate_pairs(trainer.model, tok, eval_records, cfg.eval_batch_size, max_length)
     started = time.perf_counter()
     result = trainer.train()
@@ -171,7 +181,12 @@ def train_reward(cfg: RewardConfig, inputs: dict[str, Manifest], out: Path, log_
     if losses:
         metrics["train_loss_first"], metrics["train_loss_last"] = losses[0], losses[-1]
     log_.log_dict({"before": before, "after": after}, "reward/eval_pairs.json")
-    log.info("reward: accuracy %.3f -> %.3f on %d held-out pairs", before["accuracy"], after["accuracy"], len(eval_records))
+    log.info(
+        "reward: accuracy %.3f -> %.3f on %d held-out pairs",
+        before["accuracy"],
+        after["accuracy"],
+        len(eval_records),
+    )
     return StageReport(
         counts={
             "train_pairs": len(train),

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conf.align import SftConfig, TrainLoop
-from tasks.align_data import SFT_FILES, read_jsonl
+from conf.base import TrainLoop
+from conf.sft import SftConfig
+from tasks.common.alignment import SFT_FILES
 from tasks.common.artifacts import Manifest
 from tasks.common.hf_callback import MetricLoggerCallback
+from tasks.common.jsonl import read_jsonl
 from tasks.common.models import (
     count_parameters,
     has_cuda,
@@ -90,7 +92,10 @@ def warn_if_longer_than_trained(model: Any, max_length: int, section: str) -> No
     if trained and max_length > trained:
         log.warning(
             "%s.max_length=%d exceeds the model's pretraining context (%d): longer sequences are allowed "
-            "but the model has not seen such positions", section, max_length, trained,
+            "but the model has not seen such positions",
+            section,
+            max_length,
+            trained,
         )
 
 
@@ -101,11 +106,15 @@ def sample_answers(model: Any, tok: Any, prompts: list[list[dict]], max_new_toke
     model.eval()
     answers = []
     for prompt in prompts:
-        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         ids = {k: v.to(model.device) for k, v in ids.items()}
         with torch.no_grad():
-            gen = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        answers.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+            gen = model.generate(
+                **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        answers.append(tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
     return answers
 
 
@@ -129,7 +138,9 @@ def plain_loss_trainer_class() -> type:
                 labels = inputs["labels"][:, 1:]
                 mask = labels != -100
                 correct = (outputs.logits[:, :-1].argmax(-1) == labels) & mask
-                self._metrics[mode]["mean_token_accuracy"].append((correct.sum() / mask.sum().clamp(min=1)).item())
+                self._metrics[mode]["mean_token_accuracy"].append(
+                    (correct.sum() / mask.sum().clamp(min=1)).item()
+                )
             if mode == "train":
                 self._total_train_tokens += int(inputs["attention_mask"].sum())
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
@@ -138,7 +149,9 @@ def plain_loss_trainer_class() -> type:
     return PlainLossSFTTrainer
 
 
-def build_trainer(cfg: SftConfig, model: Any, tok: Any, train: Any, evals: Any, out: Path, callbacks: list) -> Any:
+def build_trainer(
+    cfg: SftConfig, model: Any, tok: Any, train: Any, evals: Any, out: Path, callbacks: list
+) -> Any:
     """The configured `SFTTrainer` (LoRA-wrapped model, tokenized datasets with prompt tokens masked)."""
     from peft import LoraConfig
     from trl import SFTConfig as TrlSFTConfig
@@ -153,13 +166,21 @@ def build_trainer(cfg: SftConfig, model: Any, tok: Any, train: Any, evals: Any, 
         packing=False,
     )
     lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules), task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
     )
     trainer_cls = SFTTrainer if has_cuda() else plain_loss_trainer_class()
     return trainer_cls(
-        model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tok,
-        peft_config=lora, callbacks=callbacks,
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evals,
+        processing_class=tok,
+        peft_config=lora,
+        callbacks=callbacks,
     )
 
 
@@ -176,7 +197,9 @@ def train_sft(cfg: SftConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
     train = load_records(inputs["align_data"], SFT_FILES["train"], cfg.max_train_samples, columns)
     evals = load_records(inputs["align_data"], SFT_FILES["eval"], cfg.max_eval_samples, columns)
     if train is None:
-        raise ValueError(f"align_data ({inputs['align_data'].path}) has no SFT training pairs in {SFT_FILES['train']}")
+        raise ValueError(
+            f"align_data ({inputs['align_data'].path}) has no SFT training pairs in {SFT_FILES['train']}"
+        )
     callback = MetricLoggerCallback(log_)
     trainer = build_trainer(cfg, model, tok, train, evals, out, [callback])
     metrics: dict[str, float] = {}

@@ -1,4 +1,4 @@
-"""Stage `train_tokenizer`: byte-level BPE trained on the decontaminated corpus, then the corpus as token shards.
+"""Stage `tokenizer`: byte-level BPE trained on the decontaminated corpus, then the corpus as token shards.
 
 1. Plan: every document goes to `train` or `val` (by id hash) or is dropped because it is, or overlaps
    (shares a long word n-gram with), a document align_data holds out for evaluation.
@@ -23,6 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from conf.tokenizer import SPECIAL_TOKENS, TokenizerConfig
+from tasks.common.alignment import EVAL_DOCUMENTS
 from tasks.common.artifacts import Manifest
 from tasks.common.data import Document, iter_jsonl, read_documents
 from tasks.common.stage import StageReport
@@ -34,7 +35,6 @@ STAGE_VERSION = 1
 
 TOKENIZER_DIR = "tokenizer"
 ALIGN_INPUT = "align_data"
-EVAL_DOCUMENTS = "eval_documents.jsonl"
 BOS, EOS, PAD = SPECIAL_TOKENS[:3]
 DROP, TRAIN, VAL = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VAL: "val"}
@@ -192,9 +192,7 @@ def document_input(inputs: dict[str, Manifest]) -> Manifest:
     """The first input other than align_data: the corpus (scrub, or dedup before scrub existed)."""
     docs = [m for name, m in inputs.items() if name != ALIGN_INPUT]
     if not docs:
-        raise ValueError(
-            f"train_tokenizer needs a document stage as input; got only {sorted(inputs) or 'none'}"
-        )
+        raise ValueError(f"tokenizer needs a document stage as input; got only {sorted(inputs) or 'none'}")
     return docs[0]
 
 
@@ -297,7 +295,7 @@ def train_tokenizer(
         "vocab_used_share": used_share,
     }
     log.info(
-        "train_tokenizer: vocab %d, %d train / %d val tokens, %.3f bytes/token on val, %d docs decontaminated",
+        "tokenizer: vocab %d, %d train / %d val tokens, %.3f bytes/token on val, %d docs decontaminated",
         vocab_size,
         counts["train_tokens"],
         counts["val_tokens"],

@@ -25,11 +25,32 @@ from tasks.common.tokens import TokenShardWriter
 from tests import helpers
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 
-NAMES = ["join", "split", "loads", "dumps", "chain", "count", "sorted", "mean", "median", "quote", "parse", "walk"]
+NAMES = [
+    "join",
+    "split",
+    "loads",
+    "dumps",
+    "chain",
+    "count",
+    "sorted",
+    "mean",
+    "median",
+    "quote",
+    "parse",
+    "walk",
+]
 MODULES = ["os.path", "json", "itertools", "statistics", "shlex", "urllib.parse", "ast", "textwrap"]
 VERBS = ["Return", "Compute", "Build", "Split", "Join", "Parse", "Count"]
-OBJECTS = ["the list of values", "a string path", "the parsed document", "an iterator of items", "the mean of data",
-           "a mapping of names", "the quoted text", "every node of the tree"]
+OBJECTS = [
+    "the list of values",
+    "a string path",
+    "the parsed document",
+    "an iterator of items",
+    "the mean of data",
+    "a mapping of names",
+    "the quoted text",
+    "every node of the tree",
+]
 
 
 def corpus(n: int = 240, seed: int = 0) -> list[str]:
@@ -46,7 +67,9 @@ def seal(folder: Path, stage: str, inputs: dict[str, Manifest] | None = None, **
     return helpers.seal(folder, stage, inputs, stage_hash=f"test{stage[:8]}", **fields)
 
 
-def train_lm(model, tokens: np.ndarray, steps: int, seed: int, block: int = 64, batch: int = 8, lr: float = 3e-3):
+def train_lm(
+    model, tokens: np.ndarray, steps: int, seed: int, block: int = 64, batch: int = 8, lr: float = 3e-3
+):
     """A few AdamW steps of next-token prediction on random windows of `tokens`."""
     gen = torch.Generator().manual_seed(seed)
     data = torch.as_tensor(tokens.astype(np.int64))
@@ -66,23 +89,38 @@ def messages(role: str, text: str) -> list[dict]:
     return [{"role": role, "content": text}]
 
 
-def build_lineage(root: Path, tracker=None, parent_run_id: str | None = None, sft_steps: int = 60) -> dict[str, Manifest]:
+def build_lineage(
+    root: Path, tracker=None, parent_run_id: str | None = None, sft_steps: int = 60
+) -> dict[str, Manifest]:
     root = Path(root)
     texts = corpus()
     train_texts, val_texts = texts[:200], texts[200:]
     stages: dict[str, Manifest] = {}
 
-    def docs_stage(name: str, upstream: str | None, docs: list[str], config: dict, counts: dict, metrics=None):
+    def docs_stage(
+        name: str, upstream: str | None, docs: list[str], config: dict, counts: dict, metrics=None
+    ):
         out = root / name / f"test{name[:8]}"
         with ShardWriter(out) as w:
-            w.write_all(Document(id=f"d{i}", text=t, source="pydocs", meta={"module": "json"}) for i, t in enumerate(docs))
+            w.write_all(
+                Document(id=f"d{i}", text=t, source="pydocs", meta={"module": "json"})
+                for i, t in enumerate(docs)
+            )
         ins = {upstream: stages[upstream]} if upstream else {}
         stages[name] = seal(out, name, ins, config=config, counts=counts, metrics=metrics or {}, seconds=0.5)
 
-    docs_stage("collect", None, texts, {"sources": [{"kind": "pydocs", "packages": ["stdlib"]}]}, {"documents": 240})
+    docs_stage(
+        "collect", None, texts, {"sources": [{"kind": "pydocs", "packages": ["stdlib"]}]}, {"documents": 240}
+    )
     docs_stage("filter", "collect", texts, {"min_chars": 20}, {"documents_in": 240, "documents": 240})
-    docs_stage("dedup", "filter", texts, {"near": True}, {"documents_in": 240, "exact_duplicates": 3, "documents": 237},
-               {"removed_share": 0.0125})
+    docs_stage(
+        "dedup",
+        "filter",
+        texts,
+        {"near": True},
+        {"documents_in": 240, "exact_duplicates": 3, "documents": 237},
+        {"removed_share": 0.0125},
+    )
     docs_stage("scrub", "dedup", texts, {"emails": True}, {"documents": 237, "pii_email": 4, "pii_phone": 1})
 
     # align_data: prompts ask for a module's summary; the reference is a corpus sentence
@@ -91,20 +129,42 @@ def build_lineage(root: Path, tracker=None, parent_run_id: str | None = None, sf
     for split, sents in rows.items():
         (out / "sft").mkdir(parents=True, exist_ok=True)
         (out / "prefs").mkdir(parents=True, exist_ok=True)
-        with open(out / "sft" / f"{split}.jsonl", "w") as sft, open(out / "prefs" / f"{split}.jsonl", "w") as prefs:
+        with (
+            open(out / "sft" / f"{split}.jsonl", "w") as sft,
+            open(out / "prefs" / f"{split}.jsonl", "w") as prefs,
+        ):
             for i, s in enumerate(sents):
-                prompt = messages("user", f"Summarize {NAMES[i % len(NAMES)]} in module {MODULES[i % len(MODULES)]}.")
+                prompt = messages(
+                    "user", f"Summarize {NAMES[i % len(NAMES)]} in module {MODULES[i % len(MODULES)]}."
+                )
                 rec = {"id": f"{split}{i}", "module": MODULES[i % len(MODULES)], "prompt": prompt}
                 sft.write(json.dumps({**rec, "completion": messages("assistant", s)}) + "\n")
                 other = sents[(i + 1) % len(sents)]
-                prefs.write(json.dumps({**rec, "chosen": messages("assistant", s), "rejected": messages("assistant", other),
-                                        "rejected_kind": "other_summary"}) + "\n")
-    (out / "eval_documents.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "text": t}) + "\n" for i, t in enumerate(val_texts)))
-    stages["align_data"] = seal(out, "align_data", {"scrub": stages["scrub"]}, config={"eval_fraction": 0.2, "seed": 0},
-                                counts={"sft_train": 40, "sft_eval": 16, "prefs_train": 40, "prefs_eval": 16}, seconds=0.4)
+                prefs.write(
+                    json.dumps(
+                        {
+                            **rec,
+                            "chosen": messages("assistant", s),
+                            "rejected": messages("assistant", other),
+                            "rejected_kind": "other_summary",
+                        }
+                    )
+                    + "\n"
+                )
+    (out / "eval_documents.jsonl").write_text(
+        "".join(json.dumps({"id": f"e{i}", "text": t}) + "\n" for i, t in enumerate(val_texts))
+    )
+    stages["align_data"] = seal(
+        out,
+        "align_data",
+        {"scrub": stages["scrub"]},
+        config={"eval_fraction": 0.2, "seed": 0},
+        counts={"sft_train": 40, "sft_eval": 16, "prefs_train": 40, "prefs_eval": 16},
+        seconds=0.4,
+    )
 
-    # train_tokenizer: tokenizer + train/val token shards (documents joined by EOS)
-    out = root / "train_tokenizer" / "testtok"
+    # tokenizer: tokenizer + train/val token shards (documents joined by EOS)
+    out = root / "tokenizer" / "testtok"
     tok = tiny_tokenizer(texts)
     tok.save_pretrained(str(out / "tokenizer"))
     writer = TokenShardWriter(out, len(tok), tok.eos_token_id, tok.bos_token_id, tok.pad_token_id)
@@ -114,9 +174,14 @@ def build_lineage(root: Path, tracker=None, parent_run_id: str | None = None, sf
     index = writer.close()
     n_train = sum(s["tokens"] for s in index["splits"]["train"])
     n_val = sum(s["tokens"] for s in index["splits"]["val"])
-    stages["train_tokenizer"] = seal(out, "train_tokenizer", {"scrub": stages["scrub"], "align_data": stages["align_data"]},
-                                     config={"vocab_size": 512}, seconds=0.7,
-                                     counts={"train_tokens": n_train, "val_tokens": n_val, "decontaminated_docs": 2})
+    stages["tokenizer"] = seal(
+        out,
+        "tokenizer",
+        {"scrub": stages["scrub"], "align_data": stages["align_data"]},
+        config={"vocab_size": 512},
+        seconds=0.7,
+        counts={"train_tokens": n_train, "val_tokens": n_val, "decontaminated_docs": 2},
+    )
     train_tokens = np.fromfile(out / index["splits"]["train"][0]["file"], dtype=index["dtype"])
 
     # models
@@ -124,33 +189,57 @@ def build_lineage(root: Path, tracker=None, parent_run_id: str | None = None, sf
     n_params = sum(p.numel() for p in base.parameters())
     out = root / "pretrain" / "testpre"
     save_model_folder(base, tok, out / "model")
-    stages["pretrain"] = seal(out, "pretrain", {"train_tokenizer": stages["train_tokenizer"]},
-                              config={"lr": 0.003, "max_steps": 0, "block_size": 64}, seconds=2.5,
-                              counts={"steps": 0, "tokens": 1000, "parameters": n_params},
-                              metrics={"final/train_loss": 6.2, "final/flops_per_s": 1.5e9, "final/mfu": 0.01},
-                              extra={"world_size": 1})
+    stages["pretrain"] = seal(
+        out,
+        "pretrain",
+        {"tokenizer": stages["tokenizer"]},
+        config={"lr": 0.003, "max_steps": 0, "block_size": 64},
+        seconds=2.5,
+        counts={"steps": 0, "tokens": 1000, "parameters": n_params},
+        metrics={"final/train_loss": 6.2, "final/flops_per_s": 1.5e9, "final/mfu": 0.01},
+        extra={"world_size": 1},
+    )
     sft = train_lm(tiny_llama(tok, seed=0), train_tokens, sft_steps, seed=1)
     out = root / "sft" / "testsft"
     save_model_folder(sft, tok, out / "model")
-    stages["sft"] = seal(out, "sft", {"pretrain": stages["pretrain"], "align_data": stages["align_data"]},
-                         config={"lr": 0.003, "lora_r": 8, "epochs": 1}, metrics={"train/loss": 3.1}, seconds=3.0)
+    stages["sft"] = seal(
+        out,
+        "sft",
+        {"pretrain": stages["pretrain"], "align_data": stages["align_data"]},
+        config={"lr": 0.003, "lora_r": 8, "epochs": 1},
+        metrics={"train/loss": 3.1},
+        seconds=3.0,
+    )
     torch.manual_seed(2)
     rm = _reward_model(tok)
     out = root / "reward" / "testrew"
     save_model_folder(rm, tok, out / "model")
-    stages["reward"] = seal(out, "reward", {"sft": stages["sft"], "align_data": stages["align_data"]},
-                            config={"lr": 0.0001}, metrics={"train/accuracy": 0.62}, seconds=1.5)
+    stages["reward"] = seal(
+        out,
+        "reward",
+        {"sft": stages["sft"], "align_data": stages["align_data"]},
+        config={"lr": 0.0001},
+        metrics={"train/accuracy": 0.62},
+        seconds=1.5,
+    )
     ppo = train_lm(sft, train_tokens, 10, seed=3, lr=1e-3)
     out = root / "ppo" / "testppo"
     save_model_folder(ppo, tok, out / "model")
-    stages["ppo"] = seal(out, "ppo", {"sft": stages["sft"], "reward": stages["reward"], "align_data": stages["align_data"]},
-                         config={"lr": 1e-5, "kl_coef": 0.05, "ppo_epochs": 2}, metrics={"ppo/reward": 0.3, "ppo/kl": 0.02},
-                         seconds=4.0)
+    stages["ppo"] = seal(
+        out,
+        "ppo",
+        {"sft": stages["sft"], "reward": stages["reward"], "align_data": stages["align_data"]},
+        config={"lr": 1e-5, "kl_coef": 0.05, "ppo_epochs": 2},
+        metrics={"ppo/reward": 0.3, "ppo/kl": 0.02},
+        seconds=4.0,
+    )
     if tracker is not None:
         # what the pretrain workers add to their run: the FLOPs model and the device
         extras = {"pretrain": ({"model.flops_per_token": 6.0 * n_params}, {"pretrain.device": "cpu"})}
-        stages = {name: _track(tracker, parent_run_id, m, stages, *extras.get(name, ({}, {})))
-                  for name, m in stages.items()}
+        stages = {
+            name: _track(tracker, parent_run_id, m, stages, *extras.get(name, ({}, {})))
+            for name, m in stages.items()
+        }
     return stages
 
 
@@ -162,12 +251,16 @@ def _reward_model(tok):
     return LlamaForSequenceClassification(cfg)
 
 
-def _track(tracker, parent_run_id: str, m: Manifest, stages: dict[str, Manifest], params: dict, tags: dict) -> Manifest:
+def _track(
+    tracker, parent_run_id: str, m: Manifest, stages: dict[str, Manifest], params: dict, tags: dict
+) -> Manifest:
     """An MLflow child run for a hand-made stage, as `run_stage` (and the stage itself) would have logged it."""
     upstream = {name: stages[name] for name in m.inputs}
     logger = tracker.start_stage(parent_run_id, m.stage, m.stage_hash, upstream, {**m.config, **params})
     logger.set_tags(tags)
-    logger.log_metrics({**{f"count/{k}": v for k, v in m.counts.items()}, **m.metrics, "stage_seconds": m.seconds})
+    logger.log_metrics(
+        {**{f"count/{k}": v for k, v in m.counts.items()}, **m.metrics, "stage_seconds": m.seconds}
+    )
     tracker.end(logger)
     m = m.model_copy(update={"mlflow_run_id": logger.run_id})
     return write_manifest(m)

@@ -126,7 +126,9 @@ def redis_server(folder: Path, password: str | None = None) -> Iterator[int]:
                 break
             except redis.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not come up on port {port}:\n{log.read_text(errors='replace')}")
+                    pytest.fail(
+                        f"redis-server did not come up on port {port}:\n{log.read_text(errors='replace')}"
+                    )
                 time.sleep(0.05)
         client.close()
         yield port

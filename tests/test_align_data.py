@@ -8,7 +8,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from conf.align import AlignDataConfig, DatasetSource
+from conf.align_data import AlignDataConfig, DatasetSource
 from tasks.align_data import (
     AlignDataError,
     align_data,
@@ -49,8 +49,15 @@ def pydoc(module: str, qualname: str, kind: str, text: str, signature: str = "(x
         id=f"pydocs:{module}:{qualname}" if qualname else f"pydocs:{module}",
         text=text,
         source="pydocs",
-        meta={"package": "stdlib", "module": module, "qualname": qualname, "kind": kind,
-              "signature": signature if kind != "module" else "", "path": f"/x/{module}.py", "lineno": 1},
+        meta={
+            "package": "stdlib",
+            "module": module,
+            "qualname": qualname,
+            "kind": kind,
+            "signature": signature if kind != "module" else "",
+            "path": f"/x/{module}.py",
+            "lineno": 1,
+        },
     )
 
 
@@ -58,10 +65,16 @@ def corpus() -> tuple[list[Document], list[str], list[str]]:
     train_mods, eval_mods = modules_on_both_sides()
     docs = []
     for m in train_mods + eval_mods:
-        docs.append(pydoc(m, "", "module", f"Tools for working with {m} objects and files.\n\nMore text here."))
+        docs.append(
+            pydoc(m, "", "module", f"Tools for working with {m} objects and files.\n\nMore text here.")
+        )
         for j, s in enumerate(SUMMARIES):
-            docs.append(pydoc(m, f"func{j}", "function", f"{s}\n\n    >>> func{j}(1)\n    2\n\nDetails follow here."))
-        docs.append(pydoc(m, "Thing", "class", "A thing with :func:`parts` and state.\nIt keeps them in order."))
+            docs.append(
+                pydoc(m, f"func{j}", "function", f"{s}\n\n    >>> func{j}(1)\n    2\n\nDetails follow here.")
+            )
+        docs.append(
+            pydoc(m, "Thing", "class", "A thing with :func:`parts` and state.\nIt keeps them in order.")
+        )
         docs.append(pydoc(m, "tiny", "function", "Hi."))  # summary too short: no pair
     docs.append(Document(id="web:1", text="A page with no module metadata.", source="web"))
     return docs, train_mods, eval_mods
@@ -87,7 +100,9 @@ def test_pairs_split_by_module_with_rejected_answers(tmp_path):
     assert len(sft["train"]) == 5 * len(train_mods) and len(sft["eval"]) == 5 * len(eval_mods)
     assert report.counts["skipped_no_summary"] == len(train_mods) + len(eval_mods)
     assert report.counts["modules_train"] == 3 and report.counts["modules_eval"] == 2
-    assert report.counts["sft_eval"] == len(sft["eval"]) and report.counts["prefs_train"] == len(prefs["train"])
+    assert report.counts["sft_eval"] == len(sft["eval"]) and report.counts["prefs_train"] == len(
+        prefs["train"]
+    )
 
     by_id = {r["id"]: r for r in sft["train"] + sft["eval"]}
     rec = by_id[f"pydocs:{train_mods[0]}:func0"]
@@ -104,9 +119,13 @@ def test_pairs_split_by_module_with_rejected_answers(tmp_path):
         assert p["rejected_kind"] in kinds and rejected != chosen
         assert p["chosen"] == by_id[p["id"]]["completion"] and p["prompt"] == by_id[p["id"]]["prompt"]
         if p["rejected_kind"] == "other_object":  # another object's summary from the same module
-            same_module = {r["completion"][0]["content"] for r in by_id.values() if r["module"] == p["module"]}
+            same_module = {
+                r["completion"][0]["content"] for r in by_id.values() if r["module"] == p["module"]
+            }
             assert rejected in same_module
-    assert sum(v for k, v in report.counts.items() if k.startswith("rejected_")) == len(prefs["train"]) + len(prefs["eval"])
+    assert sum(v for k, v in report.counts.items() if k.startswith("rejected_")) == len(prefs["train"]) + len(
+        prefs["eval"]
+    )
 
     held_out = [json.loads(line) for line in (out / "eval_documents.jsonl").read_text().splitlines()]
     expected = {d.id for d in docs if d.meta.get("module") in eval_mods}
@@ -115,7 +134,10 @@ def test_pairs_split_by_module_with_rejected_answers(tmp_path):
 
 
 def test_summary_takes_first_prose_paragraph_and_caps_at_sentences():
-    assert summary("S.find(sub[, start]) -> int\n\nReturn the lowest index.\nMore.", 200) == "Return the lowest index. More."
+    assert (
+        summary("S.find(sub[, start]) -> int\n\nReturn the lowest index.\nMore.", 200)
+        == "Return the lowest index. More."
+    )
     assert summary(">>> x()\n\nUse :class:`Foo` here.", 200) == "Use `Foo` here."
     text = "First sentence is here. Second one is longer than the cap allows for sure."
     assert summary(text, 30) == "First sentence is here."
@@ -135,8 +157,9 @@ def test_damaged_answers_differ_and_are_deterministic():
     pool = [("a", answer), ("b", "Open the stream and read it.")]
     first = make_rejected("a", answer, pool, {"other_object": 1.0, "truncated": 0.0, "shuffled": 0.0}, seed=0)
     assert first == ("Open the stream and read it.", "other_object")
-    assert make_rejected("a", answer, pool, {"other_object": 1.0, "truncated": 1.0, "shuffled": 1.0}, 3) == \
-        make_rejected("a", answer, pool, {"other_object": 1.0, "truncated": 1.0, "shuffled": 1.0}, 3)
+    assert make_rejected(
+        "a", answer, pool, {"other_object": 1.0, "truncated": 1.0, "shuffled": 1.0}, 3
+    ) == make_rejected("a", answer, pool, {"other_object": 1.0, "truncated": 1.0, "shuffled": 1.0}, 3)
     # no other object in the module: falls back to damaging the right answer
     alone = make_rejected("a", answer, pool[:1], {"other_object": 1.0, "truncated": 0.0, "shuffled": 1.0}, 0)
     assert alone is not None and alone[1] == "shuffled_sentences"
@@ -160,20 +183,37 @@ def test_user_datasets_are_added_in_trl_formats(tmp_path):
     import pyarrow.parquet as pq
 
     docs, _, _ = corpus()
-    msgs = write_jsonl(tmp_path / "chat.jsonl", [
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Q{i}"},
-                      {"role": "assistant", "content": f"A{i}"}]} for i in range(10)
-    ])
+    msgs = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": f"Q{i}"},
+                    {"role": "assistant", "content": f"A{i}"},
+                ]
+            }
+            for i in range(10)
+        ],
+    )
     pc = tmp_path / "pc.parquet"
     pq.write_table(pa.Table.from_pylist([{"prompt": f"P{i}", "completion": f"C{i}"} for i in range(6)]), pc)
-    prefs = write_jsonl(tmp_path / "prefs.jsonl", [
-        {"prompt": "Q", "chosen": "good", "rejected": "bad"},
-        {"chosen": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "good2"}],
-         "rejected": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "bad2"}]},
-    ])
+    prefs = write_jsonl(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": "Q", "chosen": "good", "rejected": "bad"},
+            {
+                "chosen": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "good2"}],
+                "rejected": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "bad2"}],
+            },
+        ],
+    )
     cfg = AlignDataConfig(
         eval_fraction=FRACTION,
-        sft_datasets=[DatasetSource(path=str(msgs), eval_fraction=0.5), DatasetSource(path=str(pc), eval_fraction=0.0)],
+        sft_datasets=[
+            DatasetSource(path=str(msgs), eval_fraction=0.5),
+            DatasetSource(path=str(pc), eval_fraction=0.0),
+        ],
         pref_datasets=[DatasetSource(path=str(prefs), label="mine", eval_fraction=0.0)],
     )
     report, out = run(tmp_path, cfg, docs)
@@ -182,7 +222,9 @@ def test_user_datasets_are_added_in_trl_formats(tmp_path):
     chat = [r for r in sft if r["module"] == "user:chat"]
     assert len(chat) == 10 and 0 < sum(r in read_jsonl(out / "sft/eval.jsonl") for r in chat) < 10
     first = next(r for r in chat if r["id"] == "chat:0")
-    assert [m["role"] for m in first["prompt"]] == ["system", "user"] and first["completion"][0]["content"] == "A0"
+    assert [m["role"] for m in first["prompt"]] == ["system", "user"] and first["completion"][0][
+        "content"
+    ] == "A0"
     parquet_rows = [r for r in read_jsonl(out / "sft/train.jsonl") if r["module"] == "user:pc"]
     assert len(parquet_rows) == 6 and parquet_rows[0]["prompt"] == [{"role": "user", "content": "P0"}]
     mine = [r for r in read_jsonl(out / "prefs/train.jsonl") if r["module"] == "user:mine"]
@@ -216,7 +258,11 @@ def test_bad_json_and_missing_file_are_named(tmp_path):
     with pytest.raises(AlignDataError, match=rf"{bad}:2: not valid JSON"):
         run(tmp_path, AlignDataConfig(sft_datasets=[DatasetSource(path=str(bad))]), corpus()[0])
     with pytest.raises(AlignDataError, match="does not exist"):
-        run(tmp_path / "b", AlignDataConfig(sft_datasets=[DatasetSource(path=str(tmp_path / "no.jsonl"))]), corpus()[0])
+        run(
+            tmp_path / "b",
+            AlignDataConfig(sft_datasets=[DatasetSource(path=str(tmp_path / "no.jsonl"))]),
+            corpus()[0],
+        )
 
 
 def test_config_keys_cache_on_dataset_content_and_validates(tmp_path):

@@ -110,7 +110,9 @@ def test_pydocs_is_deterministic_and_carries_metadata(tmp_path, tiny_package):
 
 
 def test_pydocs_installed_packages_respect_max_docs(tmp_path):
-    counts, docs, _ = run(tmp_path, sources=[{"kind": "pydocs", "packages": ["json", "email"], "max_docs": 25}])
+    counts, docs, _ = run(
+        tmp_path, sources=[{"kind": "pydocs", "packages": ["json", "email"], "max_docs": 25}]
+    )
     assert counts["documents"] == 25 == len({d.id for d in docs})
     assert {d.meta["package"] for d in docs} == {"json", "email"} and all(len(d.text) >= 200 for d in docs)
     assert all(d.meta["module"].split(".")[0] == d.meta["package"] for d in docs)

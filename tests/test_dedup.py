@@ -176,7 +176,10 @@ def test_shards_signed_apart_cluster_like_one_pass(corpus):
     parts = core.cluster([core.sign(shard, p) for shard in shards], p)
     assert parts.ids == whole.ids and parts.keep.tolist() == whole.keep.tolist()
     assert [vars(d) for d in parts.duplicates] == [vars(d) for d in whole.duplicates]
-    assert parts.cluster_sizes == whole.cluster_sizes and (parts.bands, parts.rows) == (whole.bands, whole.rows)
+    assert parts.cluster_sizes == whole.cluster_sizes and (parts.bands, parts.rows) == (
+        whole.bands,
+        whole.rows,
+    )
     assert whole.count("exact") == 3 and whole.count("near") == 6
 
 
@@ -253,7 +256,9 @@ def test_redis_password_comes_from_the_environment_only(monkeypatch):
     assert "s3cret-from-env" not in json.dumps(cfg.model_dump(mode="json"))  # what MLflow logs
     from conf.loader import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="password_env"):  # a password in the config is refused, naming the way
+    with pytest.raises(
+        ConfigError, match="password_env"
+    ):  # a password in the config is refused, naming the way
         load_config("smoke", overrides=["dedup.lsh_storage.type=redis", "dedup.lsh_storage.password=inline"])
 
 
@@ -336,10 +341,14 @@ def test_redis_with_a_password_from_the_environment(corpus, tmp_path, monkeypatc
     docs, _ = corpus
     recs = [(d.id, d.text) for d in docs]
     with redis_server(tmp_path, password="pw-from-env") as port:
-        cfg = DedupConfig(lsh_storage={"type": "redis", "host": "127.0.0.1", "port": port, "password_env": "TEST_PW"})
+        cfg = DedupConfig(
+            lsh_storage={"type": "redis", "host": "127.0.0.1", "port": port, "password_env": "TEST_PW"}
+        )
         monkeypatch.setenv("TEST_PW", "wrong")
         up = documents_stage(tmp_path, docs)
-        with pytest.raises(RuntimeError, match=rf"Redis at 127.0.0.1:{port} db 0 \(password from \$TEST_PW: set\)"):
+        with pytest.raises(
+            RuntimeError, match=rf"Redis at 127.0.0.1:{port} db 0 \(password from \$TEST_PW: set\)"
+        ):
             dedup(cfg, {"filter": up}, tmp_path / "out", MetricLogger())
         monkeypatch.setenv("TEST_PW", "pw-from-env")
         in_redis = find_duplicates(recs, Params(storage_config=cfg.lsh_storage.storage_config()))

@@ -49,8 +49,13 @@ def runs(prefect_harness, mlflow_uri, tmp_path_factory):
     with redis_server(tmp_path_factory.mktemp("redis"), password="engine-test-pw") as port:
         os.environ["LMFORGE_TEST_REDIS_PW"] = "engine-test-pw"
         try:
-            dask = run("dask", "dedup.lsh_storage.type=redis", "dedup.lsh_storage.host=127.0.0.1",
-                       f"dedup.lsh_storage.port={port}", "dedup.lsh_storage.password_env=LMFORGE_TEST_REDIS_PW")
+            dask = run(
+                "dask",
+                "dedup.lsh_storage.type=redis",
+                "dedup.lsh_storage.host=127.0.0.1",
+                f"dedup.lsh_storage.port={port}",
+                "dedup.lsh_storage.password_env=LMFORGE_TEST_REDIS_PW",
+            )
         finally:
             del os.environ["LMFORGE_TEST_REDIS_PW"]
     return local, dask
@@ -115,7 +120,9 @@ def test_a_corrupt_shard_fails_the_stage_naming_file_and_line(prefect_harness, t
     def filter_on_cluster():
         with ShardCluster(ExecutionConfig(engine="dask")) as cluster:
             mapper = DaskShardMap("filter", cluster.address())
-            return filter_documents(FilterConfig(), {"collect": upstream}, tmp_path / "out", MetricLogger(), mapper)
+            return filter_documents(
+                FilterConfig(), {"collect": upstream}, tmp_path / "out", MetricLogger(), mapper
+            )
 
     with pytest.raises(ValueError, match=rf"{bad.name}:3: not a document record"):
         filter_on_cluster()
@@ -134,7 +141,9 @@ def test_a_killed_worker_is_replaced_and_its_shard_rerun(prefect_harness, tmp_pa
     @flow
     def map_with_a_kill():
         with ShardCluster(ExecutionConfig(engine="dask")) as cluster:
-            return DaskShardMap("kill", cluster.address())(partial(die_once_on_shard_1, str(tmp_path)), [0, 1, 2, 3])
+            return DaskShardMap("kill", cluster.address())(
+                partial(die_once_on_shard_1, str(tmp_path)), [0, 1, 2, 3]
+            )
 
     assert map_with_a_kill() == [0, 10, 20, 30]
     assert int((tmp_path / "killed").read_text()) != os.getpid()  # it was a worker that died
@@ -142,7 +151,9 @@ def test_a_killed_worker_is_replaced_and_its_shard_rerun(prefect_harness, tmp_pa
 
 def test_the_engine_is_not_part_of_any_stage_hash():
     local = load_config("smoke")
-    dask = load_config("smoke", overrides=["execution.engine=dask", "execution.dask_address=tcp://10.0.0.1:8786"])
+    dask = load_config(
+        "smoke", overrides=["execution.engine=dask", "execution.dask_address=tcp://10.0.0.1:8786"]
+    )
     from flows.stages import STAGES
 
     for spec in STAGES.values():

@@ -18,9 +18,19 @@ from tasks.evaluate import lm, report
 from tests.eval_lineage import build_lineage
 from tests.tiny_models import tiny_tokenizer
 
-FAST = dict(block_size=64, max_val_tokens=2048, max_prompts=6, max_new_tokens=12, max_pref_pairs=12,
-            sample_prompts=["Summarize join in module os.path."], sample_max_new_tokens=8, num_beams=2,
-            sample_models=["base", "sft", "ppo"], kl_samples=2, repetition_penalty=1.2)
+FAST = dict(
+    block_size=64,
+    max_val_tokens=2048,
+    max_prompts=6,
+    max_new_tokens=12,
+    max_pref_pairs=12,
+    sample_prompts=["Summarize join in module os.path."],
+    sample_max_new_tokens=8,
+    num_beams=2,
+    sample_models=["base", "sft", "ppo"],
+    kl_samples=2,
+    repetition_penalty=1.2,
+)
 SPEC = StageSpec("evaluate", ev.evaluate, "evaluate", ev.INPUTS, ev.STAGE_VERSION, gate=ev.gate)
 
 
@@ -61,7 +71,9 @@ def test_training_lowers_perplexity_and_bits_per_byte(evaluated):
 
 def test_kl_is_zero_when_ppo_is_sft(evaluated, tmp_path):
     inputs = inputs_of(evaluated[1]) | {"ppo": evaluated[1]["sft"]}
-    cfg = EvaluateConfig(**{**FAST, "sample_models": ["sft"], "decodings": ["greedy"], "max_prompts": 3, "plot": False})
+    cfg = EvaluateConfig(
+        **{**FAST, "sample_models": ["sft"], "decodings": ["greedy"], "max_prompts": 3, "plot": False}
+    )
     m = ev.evaluate(cfg, inputs, tmp_path, MetricLogger()).metrics
     assert m["eval/kl_ppo_sft"] == pytest.approx(0.0, abs=1e-4)
     assert m["eval/win_rate_ppo_vs_sft"] == 0.5  # identical responses tie
@@ -90,12 +102,18 @@ def test_gate_names_the_failing_key(evaluated):
     strict = EvaluateConfig(**FAST, min_rm_accuracy=1.0, max_kl=0.0)
     # gate thresholds do not change the stage hash: the cached folder is re-checked, not recomputed
     assert SPEC.hash_for(SimpleNamespace(evaluate=strict), inputs_of(stages)) == result.manifest.stage_hash
-    msg = ev.gate(strict, result.manifest.model_copy(update={"metrics": {**result.manifest.metrics,
-                                                                        "eval/rm_accuracy": 0.4, "eval/kl_ppo_sft": 1.5}}))
+    msg = ev.gate(
+        strict,
+        result.manifest.model_copy(
+            update={"metrics": {**result.manifest.metrics, "eval/rm_accuracy": 0.4, "eval/kl_ppo_sft": 1.5}}
+        ),
+    )
     assert "evaluate.min_rm_accuracy" in msg and "eval/rm_accuracy=0.4" in msg and "evaluate.max_kl" in msg
     assert ev.gate(EvaluateConfig(), result.manifest) is None
     with pytest.raises(QualityGateError, match="evaluate.max_ppl_ppo"):
-        run_stage(SPEC, SimpleNamespace(evaluate=EvaluateConfig(**FAST, max_ppl_ppo=1.0)), inputs_of(stages), root)
+        run_stage(
+            SPEC, SimpleNamespace(evaluate=EvaluateConfig(**FAST, max_ppl_ppo=1.0)), inputs_of(stages), root
+        )
 
 
 def test_rouge_l():
@@ -156,15 +174,29 @@ metric_list:
   - metric: acc
   - metric: acc_norm
 """
-LM_EVAL_ROWS = [("join", "os.path"), ("loads", "json"), ("chain", "itertools"), ("mean", "statistics"),
-                ("quote", "shlex"), ("parse", "ast"), ("walk", "os"), ("dedent", "textwrap")]
+LM_EVAL_ROWS = [
+    ("join", "os.path"),
+    ("loads", "json"),
+    ("chain", "itertools"),
+    ("mean", "statistics"),
+    ("quote", "shlex"),
+    ("parse", "ast"),
+    ("walk", "os"),
+    ("dedent", "textwrap"),
+]
 
 
 def lm_eval_task_folder(folder):
     """A multiple-choice lm_eval task on a local JSONL of 8 questions (no Hub dataset)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"question": f"Which module holds {fn}?", "choices": [mod, "json" if mod != "json" else "ast", "shlex"],
-             "answer": 0} for fn, mod in LM_EVAL_ROWS]
+    rows = [
+        {
+            "question": f"Which module holds {fn}?",
+            "choices": [mod, "json" if mod != "json" else "ast", "shlex"],
+            "answer": 0,
+        }
+        for fn, mod in LM_EVAL_ROWS
+    ]
     (folder / "pydoc_module_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "pydoc_module_mc.yaml").write_text(LM_EVAL_TASK.format(data=folder / "pydoc_module_mc.jsonl"))
     return folder
@@ -189,9 +221,19 @@ def test_lm_eval_runs_a_local_task_offline(evaluated, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
     folder = lm_eval_task_folder(tmp_path / "lm_eval_tasks")
     (tmp_path / "out").mkdir()
-    cfg = EvaluateConfig(**{**FAST, "sample_models": ["sft"], "decodings": ["greedy"], "max_prompts": 2,
-                            "plot": False, "lm_eval_tasks": ["pydoc_module_mc"], "lm_eval_models": ["sft", "ppo"],
-                            "lm_eval_limit": 6, "lm_eval_include_path": str(folder)})
+    cfg = EvaluateConfig(
+        **{
+            **FAST,
+            "sample_models": ["sft"],
+            "decodings": ["greedy"],
+            "max_prompts": 2,
+            "plot": False,
+            "lm_eval_tasks": ["pydoc_module_mc"],
+            "lm_eval_models": ["sft", "ppo"],
+            "lm_eval_limit": 6,
+            "lm_eval_include_path": str(folder),
+        }
+    )
     m = ev.evaluate(cfg, inputs_of(evaluated[1]), tmp_path / "out", MetricLogger()).metrics
     assert attempts == []
     for model in ("sft", "ppo"):
@@ -199,8 +241,10 @@ def test_lm_eval_runs_a_local_task_offline(evaluated, tmp_path, monkeypatch):
             assert 0.0 <= m[f"lm_eval/{model}/pydoc_module_mc/{metric}"] <= 1.0
         assert m[f"lm_eval/{model}/pydoc_module_mc/sample_len"] == 6  # lm_eval_limit
     assert not any("stderr" in k for k in m)
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["lm_eval/ppo/pydoc_module_mc/acc_none"] == \
-        m["lm_eval/ppo/pydoc_module_mc/acc_none"]
+    assert (
+        json.loads((tmp_path / "out" / "metrics.json").read_text())["lm_eval/ppo/pydoc_module_mc/acc_none"]
+        == m["lm_eval/ppo/pydoc_module_mc/acc_none"]
+    )
 
 
 @pytest.mark.slow
@@ -221,8 +265,14 @@ def test_lm_eval_include_folder_content_keys_the_stage_hash(evaluated, tmp_path)
     cfg = EvaluateConfig(lm_eval_tasks=["pydoc_module_mc"], lm_eval_include_path=str(folder))
     hash_of = lambda c: SPEC.hash_for(SimpleNamespace(evaluate=c), inputs_of(evaluated[1]))  # noqa: E731
     before = hash_of(cfg)
-    assert set(cfg.result_fields()["_lm_eval_include_sha256"]) == {"pydoc_module_mc.jsonl", "pydoc_module_mc.yaml"}
+    assert set(cfg.result_fields()["_lm_eval_include_sha256"]) == {
+        "pydoc_module_mc.jsonl",
+        "pydoc_module_mc.yaml",
+    }
     with (folder / "pydoc_module_mc.jsonl").open("a") as f:
-        f.write(json.dumps({"question": "Which module holds sqrt?", "choices": ["math", "os"], "answer": 0}) + "\n")
+        f.write(
+            json.dumps({"question": "Which module holds sqrt?", "choices": ["math", "os"], "answer": 0})
+            + "\n"
+        )
     assert hash_of(cfg) != before
     assert "_lm_eval_include_sha256" not in EvaluateConfig().result_fields()

@@ -19,8 +19,12 @@ TARGET = "dedup"
 @pytest.fixture(scope="module")
 def runs(prefect_harness, mlflow_uri, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
-    sets = [f"artifacts_root={root}", f"tracking.tracking_uri={mlflow_uri}", "tracking.experiment=flow-test",
-            "collect.max_docs=150"]
+    sets = [
+        f"artifacts_root={root}",
+        f"tracking.tracking_uri={mlflow_uri}",
+        "tracking.experiment=flow-test",
+        "collect.max_docs=150",
+    ]
     cfg = load_config("smoke", overrides=sets)
     first = lifecycle(cfg, [TARGET])
     second = lifecycle(cfg, [TARGET])
@@ -76,7 +80,9 @@ def test_mlflow_parent_and_child_runs(runs, mlflow_uri):
     assert dedup_run.data.params["normalize"] == "True"
     up = first.results["dedup"].manifest
     (upstream_name,) = [k for k in up.inputs]
-    assert dedup_run.data.tags[f"lmforge.upstream.{upstream_name}.run_id"] == by_stage[upstream_name].info.run_id
+    assert (
+        dedup_run.data.tags[f"lmforge.upstream.{upstream_name}.run_id"] == by_stage[upstream_name].info.run_id
+    )
     assert dedup_run.data.metrics["count/documents"] == up.counts["documents"]
     # the upstream stage folder is the run's dataset input, named after the stage, digest = content hash
     (ds_input,) = dedup_run.inputs.dataset_inputs

@@ -48,7 +48,10 @@ def test_compose_services_bind_to_loopback():
     for name, svc in services.items():
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
-    assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert (
+        "postgresql+asyncpg://"
+        in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    )
     assert "postgresql+psycopg2://" in services["mlflow"]["command"]  # SQLAlchemy 2.1 defaults to psycopg v3
 
 
@@ -83,7 +86,9 @@ def test_redis_password_comes_from_the_environment_everywhere():
     var = RedisStorage().password_env
     services = _compose()["services"]
     redis = services["redis"]
-    assert redis["environment"]["REDISCLI_AUTH"].startswith(f"${{{var}:?")  # compose refuses to start without it
+    assert redis["environment"]["REDISCLI_AUTH"].startswith(
+        f"${{{var}:?"
+    )  # compose refuses to start without it
     assert "requirepass" in " ".join(redis["command"]) and "$$REDISCLI_AUTH" in " ".join(redis["command"])
     assert services["worker"]["environment"][var].startswith(f"${{{var}:?")
     assert var not in services["worker"]["environment"]["LMFORGE_DASK_OVERRIDES"]
@@ -93,7 +98,9 @@ def test_redis_password_comes_from_the_environment_everywhere():
         name: {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for e in _container(k8s["Deployment", name])["env"]}
         for name in ("redis", "prefect-process-worker")
     }  # fmt: skip
-    assert secret_refs["redis"]["REDISCLI_AUTH"] == secret_refs["prefect-process-worker"][var] == "lmforge-redis"
+    assert (
+        secret_refs["redis"]["REDISCLI_AUTH"] == secret_refs["prefect-process-worker"][var] == "lmforge-redis"
+    )
     assert "requirepass" in " ".join(_container(k8s["Deployment", "redis"])["command"])
     helm_auth = yaml.safe_load((ROOT / "infra/helm/values.yaml").read_text())["redis"]["auth"]
     assert helm_auth["enabled"] is True and helm_auth["existingSecret"] == "lmforge-redis"
@@ -139,7 +146,15 @@ def test_no_committed_credentials():
 def test_kubernetes_manifests_are_well_formed():
     docs = [d for d in yaml.safe_load_all((ROOT / "infra/k8s/lmforge.yaml").read_text()) if d]
     kinds = {d["kind"] for d in docs}
-    assert {"Namespace", "StatefulSet", "Deployment", "Service", "Role", "RoleBinding", "ServiceAccount"} <= kinds
+    assert {
+        "Namespace",
+        "StatefulSet",
+        "Deployment",
+        "Service",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    } <= kinds
     assert "PersistentVolumeClaim" in kinds
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"]
@@ -158,9 +173,19 @@ def test_kubernetes_manifests_are_well_formed():
 
 # prefect-kubernetes' `_get_base_job_manifest()`: a job manifest must have these paths with these values
 PREFECT_K8S_REQUIRED = {
-    "apiVersion": "batch/v1", "kind": "Job", "metadata": {"labels": {}},
-    "spec": {"template": {"spec": {"parallelism": 1, "completions": 1, "restartPolicy": "Never",
-                                   "containers": [{"name": "prefect-job"}]}}},
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "metadata": {"labels": {}},
+    "spec": {
+        "template": {
+            "spec": {
+                "parallelism": 1,
+                "completions": 1,
+                "restartPolicy": "Never",
+                "containers": [{"name": "prefect-job"}],
+            }
+        }
+    },
 }
 
 
@@ -186,7 +211,9 @@ def test_torchrun_job_template_runs_the_flow_on_pod_0_and_joiners_elsewhere(tmp_
     assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == props["nnodes"]["default"] == 2
     # the worker's manifest validation (after its validators have added metadata.labels)
-    ops = jsonpatch.JsonPatch.from_diff({**job, "metadata": {"labels": {}, **job["metadata"]}}, PREFECT_K8S_REQUIRED)
+    ops = jsonpatch.JsonPatch.from_diff(
+        {**job, "metadata": {"labels": {}, **job["metadata"]}}, PREFECT_K8S_REQUIRED
+    )
     assert not [op for op in ops if op["op"] in ("add", "replace")], list(ops)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -217,9 +244,12 @@ def test_torchrun_job_template_runs_the_flow_on_pod_0_and_joiners_elsewhere(tmp_
     job_name = "lmforge-pretrain-x7k2p"
     lmforge_set = values["LMFORGE_SET"].replace("$(JOB_NAME)", job_name)
     items = dict(item.split("=", 1) for item in shlex.split(lmforge_set))
-    assert items == {"pretrain.nnodes": "2", "pretrain.nproc_per_node": "8",
-                     "pretrain.rdzv_endpoint": f"{job_name}-0.lmforge-rdzv:{service['spec']['ports'][0]['port']}",
-                     "pretrain.rdzv_id": job_name}
+    assert items == {
+        "pretrain.nnodes": "2",
+        "pretrain.nproc_per_node": "8",
+        "pretrain.rdzv_endpoint": f"{job_name}-0.lmforge-rdzv:{service['spec']['ports'][0]['port']}",
+        "pretrain.rdzv_id": job_name,
+    }
     monkeypatch.setenv("LMFORGE_SET", lmforge_set)
     cfg = resolve_config(None, "gpt2", None).pretrain
     assert (cfg.nnodes, cfg.nproc_per_node, cfg.node_rank, cfg.rdzv_id) == (2, 8, 0, job_name)
@@ -231,16 +261,27 @@ def test_torchrun_job_template_runs_the_flow_on_pod_0_and_joiners_elsewhere(tmp_
     (tmp_path / "python").chmod(0o755)
 
     def run(rank: str) -> list[str]:
-        node_env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "NODE_RANK": rank, "JOB_NAME": job_name,
-                    "LMFORGE_ARTIFACTS": values["LMFORGE_ARTIFACTS"]}
+        node_env = {
+            "PATH": f"{tmp_path}:/usr/bin:/bin",
+            "NODE_RANK": rank,
+            "JOB_NAME": job_name,
+            "LMFORGE_ARTIFACTS": values["LMFORGE_ARTIFACTS"],
+        }
         argv = [sh, dash_c, script, arg0, "echo", "prefect", "flow-run", "execute"]
-        return shlex.split(subprocess.run(argv, env=node_env, capture_output=True, text=True, check=True).stdout)
+        return shlex.split(
+            subprocess.run(argv, env=node_env, capture_output=True, text=True, check=True).stdout
+        )
 
     assert run("0") == ["prefect", "flow-run", "execute"]
     # pod 0 marks its flow over whatever the outcome, keeps its exit code, and passes SIGTERM on to the flow
     shared = tmp_path / "artifacts"
     over = shared / "pretrain" / "rendezvous" / f"{job_name}.over"
-    pod0_env = {"PATH": "/usr/bin:/bin", "NODE_RANK": "0", "JOB_NAME": job_name, "LMFORGE_ARTIFACTS": str(shared)}
+    pod0_env = {
+        "PATH": "/usr/bin:/bin",
+        "NODE_RANK": "0",
+        "JOB_NAME": job_name,
+        "LMFORGE_ARTIFACTS": str(shared),
+    }
     failed = subprocess.run([sh, dash_c, script, arg0, "sh", "-c", "exit 3"], env=pod0_env, timeout=30)
     assert failed.returncode == 3 and over.exists()
     over.unlink()
@@ -251,7 +292,10 @@ def test_torchrun_job_template_runs_the_flow_on_pod_0_and_joiners_elsewhere(tmp_
     joiner = run("1")
     assert joiner[:4] == ["python", "-m", "tasks.pretrain", "join"]
     assert (_flag(joiner, "--artifacts-root"), _flag(joiner, "--rdzv-id"), _flag(joiner, "--node-rank")) == (
-        "/data/artifacts", job_name, "1")
+        "/data/artifacts",
+        job_name,
+        "1",
+    )
 
 
 def _container(deployment: dict) -> dict:

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from conf.loader import load_config
 from flows.lifecycle import lifecycle
 from flows.stages import STAGES
-from tasks import model_card
+from tasks import export as model_card
 
 EXPERIMENT = "pipeline-test"
 
@@ -23,8 +23,14 @@ EXPERIMENT = "pipeline-test"
 @pytest.fixture(scope="module")
 def pipeline(prefect_harness, mlflow_uri, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline-artifacts")
-    cfg = load_config("smoke", overrides=[f"artifacts_root={root}", f"tracking.tracking_uri={mlflow_uri}",
-                                          f"tracking.experiment={EXPERIMENT}"])
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            f"artifacts_root={root}",
+            f"tracking.tracking_uri={mlflow_uri}",
+            f"tracking.experiment={EXPERIMENT}",
+        ],
+    )
     first = lifecycle(cfg)
     second = lifecycle(cfg)
     return cfg, first, second
@@ -59,9 +65,18 @@ def test_model_card_numbers_equal_logged_metrics(pipeline, mlflow_uri):
     evaluate = first.results["evaluate"].manifest
     logged = MlflowClient(mlflow_uri).get_run(evaluate.mlflow_run_id).data.metrics
     rows = dict(re.findall(r"^\| (eval/\S+) \| (\S+) \|", card, flags=re.M))
-    for name in ("eval/ppl_base", "eval/ppl_sft", "eval/ppl_ppo", "eval/rouge_l_sft", "eval/rouge_l_ppo",
-                 "eval/rm_accuracy", "eval/reward_sft", "eval/reward_ppo", "eval/win_rate_ppo_vs_sft",
-                 "eval/kl_ppo_sft"):
+    for name in (
+        "eval/ppl_base",
+        "eval/ppl_sft",
+        "eval/ppl_ppo",
+        "eval/rouge_l_sft",
+        "eval/rouge_l_ppo",
+        "eval/rm_accuracy",
+        "eval/reward_sft",
+        "eval/reward_ppo",
+        "eval/win_rate_ppo_vs_sft",
+        "eval/kl_ppo_sft",
+    ):
         assert float(rows[name]) == pytest.approx(logged[name], rel=1e-5), name
     for stage, result in first.results.items():
         if stage != "export":
@@ -80,7 +95,8 @@ def test_registered_model_version_exists_and_loads(pipeline, mlflow_uri, tmp_pat
 
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=client.get_model_version_download_uri(version.name, version.version),
-        dst_path=str(tmp_path), tracking_uri=mlflow_uri,
+        dst_path=str(tmp_path),
+        tracking_uri=mlflow_uri,
     )
     model = AutoModelForCausalLM.from_pretrained(local)
     assert model.config.vocab_size > 0

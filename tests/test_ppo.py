@@ -24,6 +24,7 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
 # ---- core math -------------------------------------------------------------------------------
 
 
@@ -60,14 +61,20 @@ def test_policy_loss_clips_and_reports_clip_fraction():
 
 def test_policy_loss_ignores_padding():
     lp = torch.tensor([[0.1, 5.0]])
-    loss, stats = core.policy_loss(lp, torch.zeros(1, 2), torch.tensor([[1.0, 100.0]]), torch.tensor([[1.0, 0.0]]), 0.2)
+    loss, stats = core.policy_loss(
+        lp, torch.zeros(1, 2), torch.tensor([[1.0, 100.0]]), torch.tensor([[1.0, 0.0]]), 0.2
+    )
     assert loss.item() == pytest.approx(-min(math.exp(0.1), 1.2))
     assert stats["clipfrac"].item() == 0.0
 
 
 def test_value_loss_clips_around_old_values():
     loss, stats = core.value_loss(
-        torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]]), torch.tensor([[2.0, 0.4]]), torch.ones(1, 2), 0.2
+        torch.tensor([[1.0, 0.0]]),
+        torch.tensor([[0.5, 0.5]]),
+        torch.tensor([[2.0, 0.4]]),
+        torch.ones(1, 2),
+        0.2,
     )
     # clipped v = [.7, .3]; losses [1, .16]; clipped losses [1.69, .01]; 0.5 * mean(max) = 0.5 * (1.69 + .16) / 2
     assert loss.item() == pytest.approx(0.4625)
@@ -79,9 +86,12 @@ def test_masked_whiten_and_mean():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     assert core.masked_mean(x, mask).item() == pytest.approx(2.0)
     assert core.masked_var(x, mask).item() == pytest.approx(1.0)  # unbiased
-    torch.testing.assert_close(core.masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(core.masked_whiten(x, mask, shift_mean=False), torch.tensor([[1.0, 2.0, 3.0, 0.0]]),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        core.masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        core.masked_whiten(x, mask, shift_mean=False), torch.tensor([[1.0, 2.0, 3.0, 0.0]]), atol=1e-4, rtol=0
+    )
 
 
 def test_response_mask_keeps_tokens_through_first_eos():
@@ -113,7 +123,10 @@ def test_logprobs_entropy_and_kl_from_logits():
     kl = core.kl_from_logits(logits, torch.zeros_like(logits))
     assert kl[0, 0].item() == pytest.approx(0.0, abs=1e-6) and kl[0, 1].item() > 0
     # k3 is non-negative and its mean over samples from p estimates KL(p || q)
-    p, q = torch.distributions.Categorical(logits=logits[0, 1]), torch.distributions.Categorical(logits=torch.zeros(4))
+    p, q = (
+        torch.distributions.Categorical(logits=logits[0, 1]),
+        torch.distributions.Categorical(logits=torch.zeros(4)),
+    )
     torch.manual_seed(0)
     x = torch.multinomial(p.probs, 20000, replacement=True)
     k3 = core.kl_estimate(p.log_prob(x), q.log_prob(x), "k3")
@@ -174,15 +187,28 @@ def toy_policy_and_value(seed: int = 0):
     tok.padding_side = "left"
     base = tiny_llama(tok, hidden=32, layers=1, heads=2, seed=seed)
     value = LlamaForSequenceClassification(type(base.config)(**{**base.config.to_dict(), "num_labels": 1}))
-    policy = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "lm_head"]))
+    policy = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "lm_head"])
+    )
     return policy, value, tok
 
 
 def toy_cfg(**kw) -> PpoConfig:
     base = dict(
-        steps=16, batch_size=16, mini_batch_size=8, max_new_tokens=8, learning_rate=1e-2, value_learning_rate=1e-3,
-        lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj", "lm_head"], missing_eos_penalty=None,
-        init_kl_coef=0.01, adaptive_kl=False, eval_prompts=40, eval_do_sample=True,
+        steps=16,
+        batch_size=16,
+        mini_batch_size=8,
+        max_new_tokens=8,
+        learning_rate=1e-2,
+        value_learning_rate=1e-3,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["q_proj", "v_proj", "lm_head"],
+        missing_eos_penalty=None,
+        init_kl_coef=0.01,
+        adaptive_kl=False,
+        eval_prompts=40,
+        eval_do_sample=True,
     )
     return PpoConfig(**{**base, **kw})
 
@@ -208,8 +234,18 @@ def test_ppo_raises_a_toy_reward_and_logs_metrics():
     assert history[-1]["learning_rate"] < history[0]["learning_rate"]  # linear anneal
     step, logged = rec.metrics[-1]
     assert step == cfg.steps
-    for name in ("score", "kl", "entropy", "policy_clipfrac", "value_clipfrac", "approxkl", "policy_loss",
-                 "value_loss", "response_length", "kl_coef"):
+    for name in (
+        "score",
+        "kl",
+        "entropy",
+        "policy_clipfrac",
+        "value_clipfrac",
+        "approxkl",
+        "policy_loss",
+        "value_loss",
+        "response_length",
+        "kl_coef",
+    ):
         assert math.isfinite(logged[f"ppo/{name}"]), name
     assert logged["ppo/kl"] > 0 and logged["ppo/kl_coef"] == cfg.init_kl_coef  # fixed controller
     assert rec.tables  # sample rollouts
@@ -237,13 +273,20 @@ def test_rollout_tensors_are_consistent():
     ro = trainer.rollout(trainer.next_batch())
     assert len(ro) == 16 and ro.responses.shape[1] <= 12
     torch.testing.assert_close(ro.logprobs, ro.ref_logprobs)
-    assert (ro.logprobs <= 0).all() and (ro.logprobs[ro.mask == 0] == 0).all() and (ro.values[ro.mask == 0] == 0).all()
+    assert (
+        (ro.logprobs <= 0).all()
+        and (ro.logprobs[ro.mask == 0] == 0).all()
+        and (ro.values[ro.mask == 0] == 0).all()
+    )
     # the score function saw each response up to (not including) EOS
     assert lengths == (ro.mask.sum(1) - ro.has_eos.float()).long().tolist()
     assert (ro.responses[ro.mask == 0] == tok.pad_token_id).all()
     # log-probs do not depend on the batch they were computed in (temperature-scaled, as sampled)
     logits = response_logits(policy, ro.queries[:3], ro.query_mask[:3], ro.responses[:3], ro.mask[:3], 0.7)
-    again = torch.gather(torch.log_softmax(logits, -1), 2, ro.responses[:3].unsqueeze(-1)).squeeze(-1) * ro.mask[:3]
+    again = (
+        torch.gather(torch.log_softmax(logits, -1), 2, ro.responses[:3].unsqueeze(-1)).squeeze(-1)
+        * ro.mask[:3]
+    )
     torch.testing.assert_close(again, ro.logprobs[:3], atol=1e-4, rtol=1e-4)
 
 
@@ -267,9 +310,12 @@ def test_adaptive_kl_coefficient_moves_towards_target():
 
 def _prompt_rows(n: int, offset: int = 0) -> list[dict]:
     return [
-        {"id": f"p{i}", "module": f"mod{i % 5}",
-         "prompt": [{"role": "user", "content": f"Explain the function f{i} in module mod{i % 5}."}],
-         "completion": [{"role": "assistant", "content": f"It returns the sum of item {i}."}]}
+        {
+            "id": f"p{i}",
+            "module": f"mod{i % 5}",
+            "prompt": [{"role": "user", "content": f"Explain the function f{i} in module mod{i % 5}."}],
+            "completion": [{"role": "assistant", "content": f"It returns the sum of item {i}."}],
+        }
         for i in range(offset, offset + n)
     ]
 
@@ -310,11 +356,16 @@ def test_reward_scorer_reads_the_rendered_conversation(upstream):
     folder = upstream["reward"].dir / "model"
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder)
-    prompts = [[{"role": "user", "content": "What does f do?"}], [{"role": "user", "content": "And g, a longer one?"}]]
+    prompts = [
+        [{"role": "user", "content": "What does f do?"}],
+        [{"role": "user", "content": "And g, a longer one?"}],
+    ]
     completions = ["It adds.", "It returns the sum of the list of numbers."]
     scores = RewardModelScorer(model, tok)(prompts, completions)
     for prompt, completion, score in zip(prompts, completions, scores, strict=True):
-        text = tok.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
+        text = tok.apply_chat_template(
+            prompt + [{"role": "assistant", "content": completion}], tokenize=False
+        )
         assert text.endswith("<|eos|>\n")
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
@@ -322,8 +373,19 @@ def test_reward_scorer_reads_the_rendered_conversation(upstream):
 
 
 def stage_cfg(**kw) -> PpoConfig:
-    base = dict(steps=2, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=6, eval_prompts=8,
-                lora_r=4, lora_alpha=8, num_generations=4, min_reward_gain=-1e9, max_kl=1e9)
+    base = dict(
+        steps=2,
+        batch_size=8,
+        mini_batch_size=4,
+        ppo_epochs=2,
+        max_new_tokens=6,
+        eval_prompts=8,
+        lora_r=4,
+        lora_alpha=8,
+        num_generations=4,
+        min_reward_gain=-1e9,
+        max_kl=1e9,
+    )
     return PpoConfig(**{**base, **kw})
 
 
@@ -333,7 +395,9 @@ def _check_outputs(out: Path, report, upstream) -> None:
 
     for name in ("reward_sft_eval", "reward_ppo_eval", "reward_gain", "kl_ref_eval"):
         assert math.isfinite(report.metrics[name]), name
-    assert report.metrics["reward_gain"] == pytest.approx(report.metrics["reward_ppo_eval"] - report.metrics["reward_sft_eval"])
+    assert report.metrics["reward_gain"] == pytest.approx(
+        report.metrics["reward_ppo_eval"] - report.metrics["reward_sft_eval"]
+    )
     assert report.metrics["kl_ref_eval"] >= 0
     assert report.counts["eval_prompts"] == 8
     assert json.loads((out / "metrics.json").read_text())["metrics"] == report.metrics
@@ -342,7 +406,9 @@ def _check_outputs(out: Path, report, upstream) -> None:
     merged = AutoModelForCausalLM.from_pretrained(out / "model")
     base = AutoModelForCausalLM.from_pretrained(upstream["sft"].dir / "model")
     with_adapter = PeftModel.from_pretrained(base, out / "adapter")
-    ids = tok("<|user|>\nhello<|end|>\n<|assistant|>\n", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = tok("<|user|>\nhello<|end|>\n<|assistant|>\n", return_tensors="pt", add_special_tokens=False)[
+        "input_ids"
+    ]
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, atol=1e-4, rtol=1e-4)
     assert merged.generation_config.eos_token_id == tok.eos_token_id
@@ -377,7 +443,9 @@ def test_gate_fails_the_stage_loudly_naming_itself(upstream, tmp_path):
 
     spec = StageSpec("ppo", ppo, "ppo", ("sft", "reward", "align_data"), STAGE_VERSION, gate=gate)
     cfg = stage_cfg(steps=1, min_reward_gain=100.0, max_kl=1e-9)
-    with pytest.raises(QualityGateError, match=r"quality gate 'ppo' failed.*ppo.min_reward_gain=100.0.*ppo.max_kl"):
+    with pytest.raises(
+        QualityGateError, match=r"quality gate 'ppo' failed.*ppo.min_reward_gain=100.0.*ppo.max_kl"
+    ):
         run_stage(spec, SimpleNamespace(ppo=cfg), upstream, tmp_path)
 
 
@@ -386,7 +454,9 @@ def test_bad_inputs_fail_naming_the_file(upstream, tmp_path):
     from tests.helpers import seal
 
     (tmp_path / "sft").mkdir()
-    (tmp_path / "sft" / "train.jsonl").write_text('{"prompt": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    (tmp_path / "sft" / "train.jsonl").write_text(
+        '{"prompt": [{"role": "user", "content": "hi"}]}\nnot json\n'
+    )
     with pytest.raises(ValueError, match=r"train.jsonl:2"):
         read_prompts(seal(tmp_path, "align_data"), "sft/train.jsonl")
 

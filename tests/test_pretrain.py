@@ -45,9 +45,21 @@ from tests.helpers import seal
 REPO = Path(__file__).resolve().parents[1]
 # 2 layers, width 64, 32-token sequences, 16 steps of 512 tokens: a few seconds of training.
 TINY = dict(
-    n_layers=2, d_model=64, n_heads=2, seq_len=32, max_steps=16, global_batch_tokens=512, micro_batch_size=4,
-    warmup_steps=2, eval_interval=8, eval_tokens=1024, checkpoint_interval=4, keep_checkpoints=2, log_interval=4,
-    sample_tokens=8, threads_per_proc=1,
+    n_layers=2,
+    d_model=64,
+    n_heads=2,
+    seq_len=32,
+    max_steps=16,
+    global_batch_tokens=512,
+    micro_batch_size=4,
+    warmup_steps=2,
+    eval_interval=8,
+    eval_tokens=1024,
+    checkpoint_interval=4,
+    keep_checkpoints=2,
+    log_interval=4,
+    sample_tokens=8,
+    threads_per_proc=1,
 )
 
 
@@ -57,7 +69,17 @@ def tiny_cfg(**over) -> PretrainConfig:
 
 def stdlib_texts() -> list[str]:
     texts = []
-    for name in ("json", "os", "re", "collections", "functools", "pathlib", "argparse", "logging", "textwrap"):
+    for name in (
+        "json",
+        "os",
+        "re",
+        "collections",
+        "functools",
+        "pathlib",
+        "argparse",
+        "logging",
+        "textwrap",
+    ):
         for _, obj in inspect.getmembers(importlib.import_module(name)):
             doc = inspect.getdoc(obj)
             if doc and len(doc) > 100:
@@ -67,27 +89,42 @@ def stdlib_texts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokens_stage(tmp_path_factory):
-    """A finished train_tokenizer folder: a 512-token byte-level BPE and train/val token shards."""
+    """A finished tokenizer folder: a 512-token byte-level BPE and train/val token shards."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tok") / "train_tokenizer" / "test"
+    folder = tmp_path_factory.mktemp("tok") / "tokenizer" / "test"
     texts = stdlib_texts()
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     specials = ["<|bos|>", "<|eos|>", "<|pad|>"]
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=specials[0], eos_token=specials[1],
-                                  pad_token=specials[2], model_max_length=1024)
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=specials[0],
+        eos_token=specials[1],
+        pad_token=specials[2],
+        model_max_length=1024,
+    )
     tok.save_pretrained(folder / "tokenizer")
-    w = TokenShardWriter(folder, vocab_size=len(tok), eos_id=tok.eos_token_id, bos_id=tok.bos_token_id,
-                         pad_id=tok.pad_token_id, shard_tokens=40_000)
+    w = TokenShardWriter(
+        folder,
+        vocab_size=len(tok),
+        eos_id=tok.eos_token_id,
+        bos_id=tok.bos_token_id,
+        pad_id=tok.pad_token_id,
+        shard_tokens=40_000,
+    )
     for i, text in enumerate(texts):
         w.write("val" if i % 20 == 0 else "train", tok(text).input_ids + [tok.eos_token_id])
     w.close()
-    return seal(folder, "train_tokenizer")
+    return seal(folder, "tokenizer")
 
 
 class _Lines(logging.Handler):
@@ -110,16 +147,23 @@ def ddp_run(tokens_stage, tmp_path_factory, mlflow_uri):
     logging.getLogger("lmforge.pretrain").addHandler(lines)
     logging.getLogger("lmforge.pretrain").setLevel(logging.INFO)
     try:
-        report = pretrain(tiny_cfg(), {"train_tokenizer": tokens_stage}, out, logger)
+        report = pretrain(tiny_cfg(), {"tokenizer": tokens_stage}, out, logger)
     finally:
         logging.getLogger("lmforge.pretrain").removeHandler(lines)
     tracker.end(logger)
     summary = json.loads((out / "train_summary.json").read_text())
-    return {"out": out, "report": report, "summary": summary, "run_id": logger.run_id, "tracker": tracker,
-            "lines": lines.lines}
+    return {
+        "out": out,
+        "report": report,
+        "summary": summary,
+        "run_id": logger.run_id,
+        "tracker": tracker,
+        "lines": lines.lines,
+    }
 
 
 # --- config, data, schedule, FLOPs, checkpoints (no processes) -----------------------------------------
+
 
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="pretrain.d_model=100 must be a multiple of pretrain.n_heads=3"):
@@ -133,8 +177,9 @@ def test_config_errors_name_the_key():
     # launch settings do not change the stage hash; model and optimisation settings do
     base = PipelineConfig(pretrain=tiny_cfg())
     spec, inputs = STAGES["pretrain"], {}
-    assert spec.hash_for(PipelineConfig(pretrain=tiny_cfg(nproc_per_node=4, micro_batch_size=2)), inputs) == \
-        spec.hash_for(base, inputs)
+    assert spec.hash_for(
+        PipelineConfig(pretrain=tiny_cfg(nproc_per_node=4, micro_batch_size=2)), inputs
+    ) == spec.hash_for(base, inputs)
     assert spec.hash_for(PipelineConfig(pretrain=tiny_cfg(lr=1e-3)), inputs) != spec.hash_for(base, inputs)
 
 
@@ -146,10 +191,19 @@ def test_token_windows_read_exact_offsets(tmp_path):
     windows = TokenWindows(tmp_path, "train", seq_len=4)
     assert len(windows) == 6 + 6  # (25-1)//4 per shard: a window never crosses a shard boundary
     assert windows.window(1).tolist() == [5, 6, 7, 8, 9]
-    assert windows.window(4).tolist() == [17, 18, 19, 20, 101] and windows.window(5).tolist() == [101, 102, 103, 104, 105]
+    assert windows.window(4).tolist() == [17, 18, 19, 20, 101] and windows.window(5).tolist() == [
+        101,
+        102,
+        103,
+        104,
+        105,
+    ]
     assert windows.window(6).tolist() == [106, 107, 108, 109, 110]
     x, y = windows.batch([0, 11])
-    assert x.tolist() == [[1, 2, 3, 4], [126, 127, 128, 129]] and y.tolist() == [[2, 3, 4, 5], [127, 128, 129, 130]]
+    assert x.tolist() == [[1, 2, 3, 4], [126, 127, 128, 129]] and y.tolist() == [
+        [2, 3, 4, 5],
+        [127, 128, 129, 130],
+    ]
 
 
 def test_batch_order_does_not_depend_on_world_size():
@@ -157,7 +211,9 @@ def test_batch_order_does_not_depend_on_world_size():
     for step in (0, 5, 6, 13):
         whole = batches.indices(step)
         for world in (1, 2, 4, 8):
-            assert np.concatenate([rank_slice(whole, r, world) for r in range(world)]).tolist() == whole.tolist()
+            assert (
+                np.concatenate([rank_slice(whole, r, world) for r in range(world)]).tolist() == whole.tolist()
+            )
     # every window exactly once per epoch (steps 0..5 cover 48 of epoch 0; step 6 wraps into epoch 1)
     seen = np.concatenate([batches.indices(s) for s in range(6)])
     assert len(set(seen.tolist())) == 48
@@ -174,8 +230,12 @@ def test_lr_warmup_then_cosine_to_floor():
 
 def test_flops_and_peaks():
     # 6 FLOPs per matmul weight per token plus attention; an untied input embedding is a lookup
-    assert flops_per_token(1000, 200, tied=False, n_layers=2, d_model=8, seq_len=16) == 6 * 800 + 12 * 2 * 8 * 16
-    assert flops_per_token(1000, 200, tied=True, n_layers=2, d_model=8, seq_len=16) == 6 * 1000 + 12 * 2 * 8 * 16
+    assert (
+        flops_per_token(1000, 200, tied=False, n_layers=2, d_model=8, seq_len=16) == 6 * 800 + 12 * 2 * 8 * 16
+    )
+    assert (
+        flops_per_token(1000, 200, tied=True, n_layers=2, d_model=8, seq_len=16) == 6 * 1000 + 12 * 2 * 8 * 16
+    )
     assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12 and gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12 and gpu_peak_flops("Mystery GPU") is None
     assert measure_matmul_peak(torch.device("cpu"), n=128, seconds=0.02) > 1e6
@@ -184,8 +244,9 @@ def test_flops_and_peaks():
 def test_checkpoints_are_atomic_and_pruned(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (2, 4, 6):
-        ckpt.save_checkpoint(root, step, {"step": step, "w": torch.full((3,), float(step)), "rng": ckpt.rng_state()},
-                             keep=2)
+        ckpt.save_checkpoint(
+            root, step, {"step": step, "w": torch.full((3,), float(step)), "rng": ckpt.rng_state()}, keep=2
+        )
     (root / ".tmp-step-0000008-123").mkdir()  # a checkpoint being written when the run was killed
     assert [s for s, _ in ckpt.list_checkpoints(root)] == [4, 6]
     step, path = ckpt.latest_checkpoint(root)
@@ -203,9 +264,15 @@ def test_torchrun_command_and_env(tmp_path):
     single = torchrun_command(tiny_cfg(), tmp_path / "s.json", tmp_path, tmp_path / "logs")
     assert single[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--standalone" in single
     assert "--nproc-per-node=2" in single and single[-4:-2] == ["-m", "tasks.pretrain.train"]
-    static = torchrun_command(tiny_cfg(nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.5:29500"), tmp_path, tmp_path, tmp_path)
-    assert {"--rdzv-backend=static", "--master-addr=10.0.0.5", "--master-port=29500", "--node-rank=1"} <= set(static)
-    c10d = torchrun_command(tiny_cfg(nnodes=2, rdzv_backend="c10d", rdzv_endpoint="h:1234"), tmp_path, tmp_path, tmp_path)
+    static = torchrun_command(
+        tiny_cfg(nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.5:29500"), tmp_path, tmp_path, tmp_path
+    )
+    assert {"--rdzv-backend=static", "--master-addr=10.0.0.5", "--master-port=29500", "--node-rank=1"} <= set(
+        static
+    )
+    c10d = torchrun_command(
+        tiny_cfg(nnodes=2, rdzv_backend="c10d", rdzv_endpoint="h:1234"), tmp_path, tmp_path, tmp_path
+    )
     assert {"--rdzv-backend=c10d", "--rdzv-endpoint=h:1234", "--rdzv-id=lmforge-pretrain"} <= set(c10d)
     env = worker_env(tiny_cfg(threads_per_proc=3), "run123", "sqlite:///x.db")
     assert env["OMP_NUM_THREADS"] == "3" and env["LMFORGE_MLFLOW_RUN_ID"] == "run123"
@@ -245,12 +312,17 @@ def test_failure_report_names_the_rank_that_failed_first(tmp_path):
     # a gloo 'connection closed' error on a surviving rank is a consequence, not the cause
     swapped = TORCHRUN_REPORT.replace("(SIGTERM)", "").replace("exitcode  : -15", "exitcode  : 1")
     assert worker_failures(swapped.replace("ValueError: boom", "ValueError: boom"))[0]["rank"] == 1
-    msg = failure_message(1, TORCHRUN_REPORT.splitlines(), {1: ["step 3/10", "ValueError: boom on rank 1"]}, tmp_path)
-    assert msg.startswith("pretrain workers failed (torchrun exit code 1): rank 1 (local rank 1) died with exit code 1")
+    msg = failure_message(
+        1, TORCHRUN_REPORT.splitlines(), {1: ["step 3/10", "ValueError: boom on rank 1"]}, tmp_path
+    )
+    assert msg.startswith(
+        "pretrain workers failed (torchrun exit code 1): rank 1 (local rank 1) died with exit code 1"
+    )
     assert "--- last lines of local rank 1 ---\nstep 3/10" in msg
 
 
 # --- real torchrun runs ----------------------------------------------------------------------------
+
 
 def test_ddp_ranks_end_identical_and_model_matches(ddp_run):
     from transformers import AutoModelForCausalLM
@@ -272,7 +344,9 @@ def test_loss_falls_and_metrics_reach_mlflow(ddp_run):
     assert 0 < report.metrics["final/mfu"] < 2 and report.metrics["final/tokens_per_s"] > 0
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 17))
-    assert [r["step"] for r in rows if "val_loss" in r] == [8, 16] and rows[-1]["val_loss"] < rows[7]["val_loss"]
+    assert [r["step"] for r in rows if "val_loss" in r] == [8, 16] and rows[-1]["val_loss"] < rows[7][
+        "val_loss"
+    ]
     client = ddp_run["tracker"].client
     history = client.get_metric_history(ddp_run["run_id"], "loss")
     assert sorted(m.step for m in history) == list(range(1, 17))
@@ -301,17 +375,20 @@ def test_saved_model_loads_and_generates(ddp_run):
     assert out.shape[1] == ids.shape[1] + 6 and tok.decode(out[0]).startswith("def ")
 
 
-def test_killed_rank_fails_the_stage_and_rerun_resumes_to_the_same_loss(ddp_run, tokens_stage, tmp_path,
-                                                                        monkeypatch):
+def test_killed_rank_fails_the_stage_and_rerun_resumes_to_the_same_loss(
+    ddp_run, tokens_stage, tmp_path, monkeypatch
+):
     spec, config = STAGES["pretrain"], PipelineConfig(pretrain=tiny_cfg())
-    inputs = {"train_tokenizer": tokens_stage}
+    inputs = {"tokenizer": tokens_stage}
     monkeypatch.setenv(FAULT_ENV, "kill:1:10")  # rank 1 is SIGKILLed after step 10 (checkpoints at 4 and 8)
     with pytest.raises(PretrainError) as err:
         run_stage(spec, config, inputs, tmp_path)
     msg = str(err.value)
     assert "rank 1" in msg and "SIGKILL" in msg and "resumes from step 8" in msg
     out = tmp_path / "pretrain" / spec.hash_for(config, inputs)
-    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [4, 8] and not (out / "model").exists()
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [4, 8] and not (
+        out / "model"
+    ).exists()
 
     monkeypatch.delenv(FAULT_ENV)
     result = run_stage(spec, config, inputs, tmp_path)  # the runner keeps the folder: the stage resumes
@@ -328,7 +405,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(token
     # A learning rate of 1e20 really diverges: step 1 is fine, step 2's gradients are NaN.
     cfg = tiny_cfg(lr=1e20, warmup_steps=0, checkpoint_interval=1, nproc_per_node=1, sample_tokens=0)
     with pytest.raises(DivergedError, match=r"non-finite loss or gradient at step 2.*step-0000001"):
-        pretrain(cfg, {"train_tokenizer": tokens_stage}, tmp_path, MetricLogger())
+        pretrain(cfg, {"tokenizer": tokens_stage}, tmp_path, MetricLogger())
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [1]
     assert not (tmp_path / "model").exists() and not (tmp_path / "train_summary.json").exists()
 
@@ -347,10 +424,13 @@ def test_two_node_rendezvous_on_localhost(ddp_run, tokens_stage, tmp_path):
     spec = write_spec(cfg, tokens_stage.dir, tokens_stage.dir / "tokenizer", tmp_path / "run_spec.json")
     node1 = subprocess.Popen(
         [sys.executable, "-m", "tasks.pretrain", f"--spec={spec}", f"--out={out}", "--node-rank=1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
-        report = pretrain(cfg, {"train_tokenizer": tokens_stage}, out, MetricLogger())
+        report = pretrain(cfg, {"tokenizer": tokens_stage}, out, MetricLogger())
         node1_log, _ = node1.communicate(timeout=120)
     finally:
         if node1.poll() is None:
@@ -366,8 +446,15 @@ def test_join_waits_for_node_0_and_times_out_naming_the_rendezvous_file(tmp_path
     path = rendezvous_file(tmp_path, "lmforge-pretrain-x7k2p")
     assert path == tmp_path / "pretrain" / "rendezvous" / "lmforge-pretrain-x7k2p.json"
     with pytest.raises(SystemExit) as e:
-        main(["join", f"--artifacts-root={tmp_path}", "--rdzv-id=lmforge-pretrain-x7k2p", "--node-rank=1",
-              "--timeout=0.2"])
+        main(
+            [
+                "join",
+                f"--artifacts-root={tmp_path}",
+                "--rdzv-id=lmforge-pretrain-x7k2p",
+                "--node-rank=1",
+                "--timeout=0.2",
+            ]
+        )
     assert f"no rendezvous file {path}" in str(e.value.code) and "within 0.2 s" in str(e.value.code)
     with pytest.raises(ValueError, match=r"pretrain.rdzv_id='../x' must be a plain name"):
         rendezvous_file(tmp_path, "../x")
@@ -381,21 +468,45 @@ def test_join_exits_cleanly_when_node_0s_flow_ends_without_a_run(tmp_path, caplo
     over.touch()
     started = time.monotonic()
     with caplog.at_level(logging.INFO):
-        main(["join", f"--artifacts-root={tmp_path}", "--rdzv-id=lmforge-pretrain-x7k2p", "--node-rank=1",
-              "--timeout=60"])
+        main(
+            [
+                "join",
+                f"--artifacts-root={tmp_path}",
+                "--rdzv-id=lmforge-pretrain-x7k2p",
+                "--node-rank=1",
+                "--timeout=60",
+            ]
+        )
     assert time.monotonic() - started < 10 and "without a pretraining run to join" in caplog.text
 
 
 def test_joiner_finds_node_0s_stage_folder_through_the_rendezvous_file(ddp_run, tokens_stage, tmp_path):
     """Node 1 starts first, knowing only the artifacts root and the rendezvous id (as a Kubernetes pod
     does); node 0 runs the real stage into its content-addressed folder and announces it."""
-    pretrain_cfg = tiny_cfg(nnodes=2, nproc_per_node=1, rdzv_endpoint=f"127.0.0.1:{_free_port()}", rdzv_id="job-1")
-    spec, config, inputs = STAGES["pretrain"], PipelineConfig(pretrain=pretrain_cfg), {"train_tokenizer": tokens_stage}
+    pretrain_cfg = tiny_cfg(
+        nnodes=2, nproc_per_node=1, rdzv_endpoint=f"127.0.0.1:{_free_port()}", rdzv_id="job-1"
+    )
+    spec, config, inputs = (
+        STAGES["pretrain"],
+        PipelineConfig(pretrain=pretrain_cfg),
+        {"tokenizer": tokens_stage},
+    )
     announce = rendezvous_file(tmp_path, "job-1")
     node1 = subprocess.Popen(
-        [sys.executable, "-m", "tasks.pretrain", "join", f"--artifacts-root={tmp_path}", "--rdzv-id=job-1",
-         "--node-rank=1", "--timeout=120"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tasks.pretrain",
+            "join",
+            f"--artifacts-root={tmp_path}",
+            "--rdzv-id=job-1",
+            "--node-rank=1",
+            "--timeout=120",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         result = run_stage(spec, config, inputs, tmp_path)
@@ -416,7 +527,7 @@ def test_joiner_finds_node_0s_stage_folder_through_the_rendezvous_file(ddp_run, 
 
 @pytest.mark.slow
 def test_fsdp2_on_cpu_matches_ddp(ddp_run, tokens_stage, tmp_path):
-    pretrain(tiny_cfg(parallel="fsdp"), {"train_tokenizer": tokens_stage}, tmp_path, MetricLogger())
+    pretrain(tiny_cfg(parallel="fsdp"), {"tokenizer": tokens_stage}, tmp_path, MetricLogger())
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["parallel"] == "fsdp" and summary["replica_digests"] is None
     assert summary["final_loss"] == pytest.approx(ddp_run["summary"]["final_loss"], abs=1e-4)

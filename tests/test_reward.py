@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from conf.align import RewardConfig
+from conf.reward import RewardConfig
 from tasks.align_data import write_jsonl
 from tasks.common.artifacts import Manifest
 from tasks.common.models import load_tokenizer
@@ -28,13 +28,17 @@ def toy_prefs(n: int, seed: int) -> list[dict]:
         words = right.rstrip(".").split()
         while words == right.rstrip(".").split():
             rng.shuffle(words)
-        out.append({
-            "id": f"{seed}:{i}", "module": "m", "prompt": [{"role": "user", "content": f"What does f{i} do?"}],
-            "chosen": [{"role": "assistant", "content": right}],
-            "rejected": [{"role": "assistant", "content": " ".join(words)}], "rejected_kind": "shuffled_words",
-        })
+        out.append(
+            {
+                "id": f"{seed}:{i}",
+                "module": "m",
+                "prompt": [{"role": "user", "content": f"What does f{i} do?"}],
+                "chosen": [{"role": "assistant", "content": right}],
+                "rejected": [{"role": "assistant", "content": " ".join(words)}],
+                "rejected_kind": "shuffled_words",
+            }
+        )
     return out
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,13 +64,19 @@ def test_reward_model_ranks_right_above_wrong_and_reloads(upstream, tmp_path):
     assert m["eval_accuracy"] >= 0.9 and m["eval_accuracy"] > m["eval_accuracy_before"] + 0.2
     assert m["eval_margin"] > 0.5 and m["eval_accuracy_shuffled_words"] == m["eval_accuracy"]
     assert m["train_loss_last"] < m["train_loss_first"]
-    assert report.counts["eval_pairs"] == 32 and report.counts["train_pairs"] == 96 and report.counts["steps"] == 24
+    assert (
+        report.counts["eval_pairs"] == 32
+        and report.counts["train_pairs"] == 96
+        and report.counts["steps"] == 24
+    )
 
     tok = load_tokenizer(tmp_path / "model")
     model = load_reward_model(tmp_path / "model")
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
     again = evaluate_pairs(model, tok, toy_prefs(32, seed=2))
-    assert again["accuracy"] == pytest.approx(m["eval_accuracy"]) and again["margin"] == pytest.approx(m["eval_margin"], abs=1e-4)
+    assert again["accuracy"] == pytest.approx(m["eval_accuracy"]) and again["margin"] == pytest.approx(
+        m["eval_margin"], abs=1e-4
+    )
     assert gate(cfg, _manifest(report.metrics)) is None
 
 
@@ -75,7 +85,9 @@ def test_batched_scores_equal_one_at_a_time(upstream):
     tok = load_tokenizer(folder)
     model = load_reward_model(folder, tok)
     recs = toy_prefs(6, seed=3)
-    convs = [r["prompt"] + r["chosen"] for r in recs] + [[{"role": "user", "content": "a much longer prompt " * 5}]]
+    convs = [r["prompt"] + r["chosen"] for r in recs] + [
+        [{"role": "user", "content": "a much longer prompt " * 5}]
+    ]
     batched, _ = score_conversations(model, tok, convs, batch_size=4)
     single = [score_conversations(model, tok, [c], batch_size=1)[0][0] for c in convs]
     assert batched == pytest.approx(single, abs=1e-5)  # padding never changes a score
@@ -85,7 +97,9 @@ def test_batched_scores_equal_one_at_a_time(upstream):
 
 
 def _manifest(metrics: dict) -> Manifest:
-    return Manifest(stage="reward", stage_hash="x", stage_version=1, path="/tmp/x", config={}, metrics=metrics)
+    return Manifest(
+        stage="reward", stage_hash="x", stage_version=1, path="/tmp/x", config={}, metrics=metrics
+    )
 
 
 def test_gate_fails_below_min_eval_accuracy():

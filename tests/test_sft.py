@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conf.align import SftConfig
+from conf.sft import SftConfig
 from tasks.align_data import write_jsonl
 from tasks.common.models import load_causal_lm, load_tokenizer
 from tasks.common.tracking import MetricLogger
@@ -34,11 +34,14 @@ class RecordingLogger(MetricLogger):
 
 def records(n_repeat: int = 1) -> list[dict]:
     return [
-        {"id": name, "module": "m", "prompt": [{"role": "user", "content": f"What does `{name}` do?"}],
-         "completion": [{"role": "assistant", "content": answer}]}
+        {
+            "id": name,
+            "module": "m",
+            "prompt": [{"role": "user", "content": f"What does `{name}` do?"}],
+            "completion": [{"role": "assistant", "content": answer}],
+        }
         for name, answer in FACTS
     ] * n_repeat
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,14 +53,18 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
-    tiny_lm_folder(root / "pretrain" / "model", texts=[a for _, a in FACTS] + [f"What does {n} do?" for n, _ in FACTS])
+    tiny_lm_folder(
+        root / "pretrain" / "model", texts=[a for _, a in FACTS] + [f"What does {n} do?" for n, _ in FACTS]
+    )
     pretrain = seal(root / "pretrain", "pretrain")
     write_jsonl(root / "align" / "sft" / "train.jsonl", records(4))
     write_jsonl(root / "align" / "sft" / "eval.jsonl", records())
     return root, {"pretrain": pretrain, "align_data": seal(root / "align", "align_data")}
 
 
-CFG = SftConfig(max_steps=24, batch_size=4, learning_rate=1e-2, logging_steps=4, eval_steps=12, lr_scheduler="constant")
+CFG = SftConfig(
+    max_steps=24, batch_size=4, learning_rate=1e-2, logging_steps=4, eval_steps=12, lr_scheduler="constant"
+)
 
 
 def test_prompt_tokens_are_masked_from_the_loss(upstream, tmp_path):
@@ -69,8 +76,11 @@ def test_prompt_tokens_are_masked_from_the_loss(upstream, tmp_path):
 
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     for row, rec in enumerate(records()[:2]):
-        prompt_len = len(tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)["input_ids"])
+        prompt_len = len(
+            tok.apply_chat_template(
+                rec["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
         ids, labels = batch["input_ids"][row], batch["labels"][row]
         n = int(batch["attention_mask"][row].sum())
         assert (labels[:prompt_len] == -100).all()  # every prompt token (and the assistant header) masked
@@ -94,7 +104,9 @@ def test_cpu_plain_loss_equals_trl_fused_loss(upstream, tmp_path, monkeypatch):
         assert (type(trainer).__name__ == "SFTTrainer") == fused
         losses[fused] = trainer.evaluate()
     assert losses[False]["eval_loss"] == pytest.approx(losses[True]["eval_loss"], rel=1e-5)
-    assert losses[False]["eval_mean_token_accuracy"] == pytest.approx(losses[True]["eval_mean_token_accuracy"])
+    assert losses[False]["eval_mean_token_accuracy"] == pytest.approx(
+        losses[True]["eval_mean_token_accuracy"]
+    )
 
 
 def test_sft_lowers_the_loss_and_outputs_load_again(upstream, tmp_path):
@@ -108,12 +120,18 @@ def test_sft_lowers_the_loss_and_outputs_load_again(upstream, tmp_path):
     m = report.metrics
     assert m["eval_loss"] < m["eval_loss_before"] - 0.3
     assert m["train_loss_last"] < m["train_loss_first"]
-    assert report.counts["steps"] == 24 and report.counts["train_pairs"] == 16 and report.counts["eval_pairs"] == 4
+    assert (
+        report.counts["steps"] == 24
+        and report.counts["train_pairs"] == 16
+        and report.counts["eval_pairs"] == 4
+    )
     assert 0 < report.counts["trainable_params"] < report.counts["params"]
     # the Trainer's logs reached our logger, per step, with tokens/s
     steps = [s for s, d in log.metrics if "train/loss" in d]
     assert steps == sorted(steps) and len(steps) >= 5
-    assert any("eval/loss" in d for _, d in log.metrics) and any("train/tokens_per_s" in d for _, d in log.metrics)
+    assert any("eval/loss" in d for _, d in log.metrics) and any(
+        "train/tokens_per_s" in d for _, d in log.metrics
+    )
     assert len(log.tables["sft/samples.json"]["answer"]) == 4
     assert not (tmp_path / ".trainer").exists()
 
@@ -121,8 +139,12 @@ def test_sft_lowers_the_loss_and_outputs_load_again(upstream, tmp_path):
     merged = load_causal_lm(tmp_path / "model")
     base = load_causal_lm(inputs["pretrain"].dir / "model")
     adapted = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
-    ids = tok.apply_chat_template(records()[0]["prompt"] + records()[0]["completion"], return_tensors="pt",
-                                  return_dict=True, tokenize=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        records()[0]["prompt"] + records()[0]["completion"],
+        return_tensors="pt",
+        return_dict=True,
+        tokenize=True,
+    )["input_ids"]
     with torch.no_grad():
         a, b = merged(ids).logits, adapted(ids).logits
         plain = load_causal_lm(inputs["pretrain"].dir / "model")(ids).logits

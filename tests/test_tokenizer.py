@@ -1,4 +1,4 @@
-"""The `train_tokenizer` stage: round-trips, special tokens, chat template, shards, decontamination."""
+"""The `tokenizer` stage: round-trips, special tokens, chat template, shards, decontamination."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
     docs = corpus_docs()
     inputs = {"dedup": documents_stage(root, docs, "dedup"), "align_data": align_stage(root)}
-    out = root / "train_tokenizer" / "a"
+    out = root / "tokenizer" / "a"
     out.mkdir(parents=True)
     report = train_tokenizer(CFG, inputs, out, _Recorder())
     return {"root": root, "docs": docs, "inputs": inputs, "out": out, "report": report}
@@ -306,7 +306,7 @@ def test_registered_stage_runs_through_the_runner(tmp_path):
     from flows.stages import STAGES
     from tasks.common.stage import run_stage
 
-    spec = STAGES["train_tokenizer"]
+    spec = STAGES["tokenizer"]
     inputs = {}
     for name in spec.inputs:
         inputs[name] = (

@@ -74,7 +74,9 @@ def tiny_llama(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, see
     return LlamaForCausalLM(config)
 
 
-def tiny_lm_folder(path: Path, texts: list[str] | None = None, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def tiny_lm_folder(
+    path: Path, texts: list[str] | None = None, hidden: int = 64, layers: int = 2, seed: int = 0
+) -> Path:
     """A model folder (LlamaForCausalLM + tokenizer + generation config) as the pretrain stage writes it."""
     from tasks.common.models import save_model_folder
 

@@ -144,9 +144,7 @@ def read_manifest(folder: Path) -> Manifest | None:
     try:
         return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise RuntimeError(
-            f"{path} is corrupt ({e}); delete the folder {folder} to re-run the stage"
-        ) from e
+        raise RuntimeError(f"{path} is corrupt ({e}); delete the folder {folder} to re-run the stage") from e
 
 
 def verify_manifest(manifest: Manifest) -> list[str]:

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common.artifacts import Manifest
+from tasks.common.jsonl import iter_jsonl, open_text
+
+__all__ = ["DOCS_DIR", "Document", "ShardWriter", "iter_jsonl", "read_documents", "read_shard", "shard_paths"]
 
 DOCS_DIR = "documents"
 
@@ -27,28 +30,21 @@ class Document:
 
     def to_json(self) -> str:
         # A plain dict, not dataclasses.asdict: asdict deep-copies `meta` for every document.
-        return json.dumps({"id": self.id, "text": self.text, "source": self.source, "meta": self.meta},
-                          ensure_ascii=False)
-
-
-def _open_text(path: Path, mode: str) -> io.TextIOBase:
-    """Open plain or `.zst` JSONL for text reading/writing."""
-    if path.suffix == ".zst":
-        import zstandard
-
-        if "w" in mode:
-            raw = zstandard.ZstdCompressor(level=3).stream_writer(open(path, "wb"))
-        else:
-            raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
-        return io.TextIOWrapper(raw, encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
+        return json.dumps(
+            {"id": self.id, "text": self.text, "source": self.source, "meta": self.meta}, ensure_ascii=False
+        )
 
 
 class ShardWriter:
     """Writes documents into `documents/shard-00000.jsonl[.zst]`, rolling over every `shard_docs`."""
 
     def __init__(
-        self, out: Path, shard_docs: int = 5000, compress: bool = False, subdir: str = DOCS_DIR, start: int = 0
+        self,
+        out: Path,
+        shard_docs: int = 5000,
+        compress: bool = False,
+        subdir: str = DOCS_DIR,
+        start: int = 0,
     ):
         self.folder = Path(out) / subdir
         self.start = start  # number of the first shard (a per-shard job writes shard `start` only)
@@ -78,7 +74,7 @@ class ShardWriter:
         self.close()
         path = self.folder / f"shard-{self.start + len(self.paths):05d}{self.suffix}"
         self.paths.append(path)
-        self._fh = _open_text(path, "w")
+        self._fh = open_text(path, "w")
         self._in_shard = 0
 
     def close(self) -> None:
@@ -93,26 +89,19 @@ class ShardWriter:
         self.close()
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) of every non-blank line; a line that is not JSON raises naming path:line."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
-
-
 def read_shard(path: Path) -> Iterator[Document]:
-    with _open_text(path, "r") as fh:
+    with open_text(path, "r") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                yield Document(id=str(rec["id"]), text=rec["text"], source=rec.get("source", ""), meta=rec.get("meta") or {})
+                yield Document(
+                    id=str(rec["id"]),
+                    text=rec["text"],
+                    source=rec.get("source", ""),
+                    meta=rec.get("meta") or {},
+                )
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: not a document record ({e})") from e
 

@@ -69,7 +69,9 @@ def trainer_args(bf16: bool | None = None) -> dict[str, Any]:
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     # transformers 5.24 renamed gradient_checkpointing (now a deprecated alias that warns when set)
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    checkpointing = (
+        "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    )
     return {
         "use_cpu": not cuda,
         "bf16": bool(bf16),
@@ -107,7 +109,9 @@ def load_causal_lm(path: Path, dtype: Any = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype or torch.float32, local_files_only=True
+    )
 
 
 def sync_special_ids(model: Any, tokenizer: Any) -> None:

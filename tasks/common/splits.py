@@ -1,8 +1,22 @@
-"""Deterministic train/eval splits by group (e.g. by module), so evaluation prompts are unseen."""
+"""Deterministic, seeded hash ranks and the train/eval splits built on them (e.g. by module).
+
+A hash of `seed:key` is the same on every run, machine and corpus order, and (unlike `hash()`) is not
+salted per process, so a sample or split chosen by it is reproducible and needs no shared state.
+"""
 
 from __future__ import annotations
 
 import hashlib
+
+
+def hash_rank(key: str, seed: int = 0) -> int:
+    """A stable pseudo-random 64-bit rank of `key` (sha256 of `seed:key`)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
+
+
+def hash_fraction(key: str, seed: int = 0) -> float:
+    """`hash_rank` scaled to [0, 1): `hash_fraction(k) < p` picks a stable share `p` of keys."""
+    return hash_rank(key, seed) / 2**64
 
 
 def is_eval_module(module: str, eval_fraction: float, seed: int = 0) -> bool:
@@ -12,5 +26,4 @@ def is_eval_module(module: str, eval_fraction: float, seed: int = 0) -> bool:
     near-identical docstrings of sibling modules do not straddle the split.
     """
     group = ".".join(module.split(".")[:2])
-    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
+    return hash_fraction(group, seed) < eval_fraction

@@ -62,11 +62,14 @@ GateFn = Callable[[Any, Manifest], str | None]
 
 @dataclass(frozen=True)
 class StageSpec:
-    """How the pipeline knows a stage: its function, config section, upstream stages and version."""
+    """How the pipeline knows a stage: its function, upstream stages and version.
+
+    `name` is the stage's one name: its module under `tasks/`, its config section (`conf/<name>.py`),
+    its artifacts folder `<root>/<name>/<hash12>/`, its MLflow `lmforge.stage` tag and `make stage NAME=`.
+    """
 
     name: str
     fn: StageFn
-    config_key: str
     inputs: tuple[str, ...] = ()
     version: int = 1
     retries: int = 0
@@ -76,7 +79,7 @@ class StageSpec:
     sharded: bool = False  # fn takes `map_shards=`: its per-shard work can run on a cluster
 
     def config_of(self, pipeline_cfg: Any) -> StageConfig:
-        return getattr(pipeline_cfg, self.config_key)
+        return getattr(pipeline_cfg, self.name)
 
     def hash_for(self, pipeline_cfg: Any, inputs: dict[str, Manifest]) -> str:
         return stage_hash(self.name, self.version, self.config_of(pipeline_cfg).result_fields(), inputs)
@@ -119,7 +122,9 @@ def finished_manifest(folder: Path) -> Manifest | None:
         return None
     problems = verify_manifest(manifest)
     if problems:
-        log.warning("stage folder %s no longer matches its manifest (%s); rebuilding", folder, "; ".join(problems))
+        log.warning(
+            "stage folder %s no longer matches its manifest (%s); rebuilding", folder, "; ".join(problems)
+        )
         (folder / MANIFEST_NAME).unlink()
         return None
     return manifest
@@ -160,13 +165,17 @@ def run_stage(
             return result
 
         if out.exists() and not spec.resumable:
-            log.warning("removing unfinished stage folder %s (no manifest: an earlier run was interrupted)", out)
+            log.warning(
+                "removing unfinished stage folder %s (no manifest: an earlier run was interrupted)", out
+            )
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
 
         logger: MetricLogger = MetricLogger()
         if tracker and parent_run_id:
-            logger = tracker.start_stage(parent_run_id, spec.name, hash12, inputs, cfg.model_dump(mode="json"))
+            logger = tracker.start_stage(
+                parent_run_id, spec.name, hash12, inputs, cfg.model_dump(mode="json")
+            )
         try:
             extra = {"map_shards": map_shards} if spec.sharded and map_shards is not None else {}
             report = spec.fn(cfg, inputs, out, logger, **extra)

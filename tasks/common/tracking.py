@@ -37,10 +37,17 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5,
-            cwd=Path(__file__).resolve().parents[2],
-        ).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parents[2],
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -171,10 +178,14 @@ class Tracker:
                 self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp_id
 
-    def start_pipeline(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> MlflowLogger:
+    def start_pipeline(
+        self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any]
+    ) -> MlflowLogger:
         all_tags = {"lmforge.kind": "pipeline", "mlflow.source.git.commit": git_commit(), **tags}
         run = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None}
+            self.experiment_id,
+            run_name=run_name,
+            tags={k: str(v) for k, v in all_tags.items() if v is not None},
         )
         logger = MlflowLogger(self.tracking_uri, run.info.run_id)
         logger.log_params(params)
@@ -225,7 +236,9 @@ class Tracker:
 
         inputs = [
             DatasetInput(
-                MetaDataset(LocalArtifactDatasetSource(m.path), name=name, digest=m.content_hash)._to_mlflow_entity(),
+                MetaDataset(
+                    LocalArtifactDatasetSource(m.path), name=name, digest=m.content_hash
+                )._to_mlflow_entity(),
                 tags=[InputTag("mlflow.data.context", "lmforge.upstream")],
             )
             for name, m in upstream.items()

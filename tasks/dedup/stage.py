@@ -55,7 +55,11 @@ def sign_shard(p: Params, job: ShardJob) -> Signed:
 
 
 def dedup(
-    cfg: DedupConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger, map_shards: ShardMap | None = None
+    cfg: DedupConfig,
+    inputs: dict[str, Manifest],
+    out: Path,
+    log_: MetricLogger,
+    map_shards: ShardMap | None = None,
 ) -> StageReport:
     """Sign the input (in-process: one pass, batches in `dedup.workers` processes; on a cluster: one shard
     per task), cluster the signatures here, then write each shard's kept documents in input order."""
@@ -81,7 +85,9 @@ def dedup(
         with job.writer(out) as writer:
             for doc in job.documents():
                 if i >= result.total or doc.id != result.ids[i]:
-                    raise RuntimeError(f"{job.path}: documents changed while dedup read them (record {i + 1})")
+                    raise RuntimeError(
+                        f"{job.path}: documents changed while dedup read them (record {i + 1})"
+                    )
                 if result.keep[i]:
                     writer.write(doc)
                 if i in wanted:
@@ -169,8 +175,12 @@ def dedup(
         },
         metrics=metrics,
         # where the LSH index lived does not change the output: not in the (content-hashed) report
-        extra={"lsh_bands": result.bands, "lsh_rows": result.rows, "cluster_sizes": report["cluster_sizes"],
-               "lsh_storage": cfg.lsh_storage.type},
+        extra={
+            "lsh_bands": result.bands,
+            "lsh_rows": result.rows,
+            "cluster_sizes": report["cluster_sizes"],
+            "lsh_storage": cfg.lsh_storage.type,
+        },
     )
 
 

@@ -18,12 +18,22 @@ from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
 
 STAGE_VERSION = 1
-INPUTS = ("train_tokenizer", "pretrain", "sft", "reward", "ppo", "align_data")
+INPUTS = ("tokenizer", "pretrain", "sft", "reward", "ppo", "align_data")
 MODELS = {"base": "pretrain", "sft": "sft", "ppo": "ppo"}  # model name -> stage holding its model/
 METRIC_NAMES = (
-    "eval/ppl_base", "eval/ppl_sft", "eval/ppl_ppo", "eval/bpb_base", "eval/bpb_sft", "eval/bpb_ppo",
-    "eval/rouge_l_sft", "eval/rouge_l_ppo", "eval/rm_accuracy", "eval/reward_sft", "eval/reward_ppo",
-    "eval/win_rate_ppo_vs_sft", "eval/kl_ppo_sft",
+    "eval/ppl_base",
+    "eval/ppl_sft",
+    "eval/ppl_ppo",
+    "eval/bpb_base",
+    "eval/bpb_sft",
+    "eval/bpb_ppo",
+    "eval/rouge_l_sft",
+    "eval/rouge_l_ppo",
+    "eval/rm_accuracy",
+    "eval/reward_sft",
+    "eval/reward_ppo",
+    "eval/win_rate_ppo_vs_sft",
+    "eval/kl_ppo_sft",
 )
 
 

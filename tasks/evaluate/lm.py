@@ -23,7 +23,7 @@ Messages = list[dict[str, str]]
 
 
 def tokenizer_dir(manifest: Manifest) -> Path:
-    """The `tokenizer/` folder of the train_tokenizer stage (what decodes the validation tokens)."""
+    """The `tokenizer/` folder of the tokenizer stage (what decodes the validation tokens)."""
     if not manifest.files_under("tokenizer/"):
         raise FileNotFoundError(f"stage {manifest.stage} ({manifest.path}) has no tokenizer/ folder")
     return manifest.dir / "tokenizer"
@@ -35,7 +35,9 @@ def load_lm(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 
 def load_reward_model(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tok = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), dtype=torch.float32, local_files_only=True
+    )
     model = model.to(device()).eval()
     if model.config.pad_token_id is None:  # the classifier finds each sequence's last token by the pad id
         model.config.pad_token_id = tok.pad_token_id
@@ -80,7 +82,9 @@ def nll_sum(model: PreTrainedModel, windows: np.ndarray, batch_size: int) -> tup
     return total, count
 
 
-def perplexity_and_bpb(model: PreTrainedModel, windows: np.ndarray, n_bytes: int, batch_size: int) -> tuple[float, float]:
+def perplexity_and_bpb(
+    model: PreTrainedModel, windows: np.ndarray, n_bytes: int, batch_size: int
+) -> tuple[float, float]:
     nats, count = nll_sum(model, windows, batch_size)
     return math.exp(nats / count), nats / math.log(2) / max(n_bytes, 1)
 
@@ -90,7 +94,9 @@ def perplexity_and_bpb(model: PreTrainedModel, windows: np.ndarray, n_bytes: int
 
 def chat_prompt_ids(tok: PreTrainedTokenizerBase, prompt: Messages, max_tokens: int) -> list[int]:
     """The prompt rendered by the chat template up to `<|assistant|>\\n`, left-truncated."""
-    ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     return list(ids)[-max_tokens:]
 
 
@@ -98,19 +104,33 @@ def text_prompt_ids(tok: PreTrainedTokenizerBase, text: str, max_tokens: int) ->
     """A raw-text prompt for the pretrained model, which never saw the chat format. Token shards join
     documents with EOS, so EOS is what precedes the start of a document in pretraining."""
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    return [tok.eos_token_id] + ids[max(0, len(ids) - max_tokens + 1):]
+    return [tok.eos_token_id] + ids[max(0, len(ids) - max_tokens + 1) :]
 
 
 DECODINGS = ("greedy", "temperature", "top_k", "top_p", "beam")
 
 
-def decoding_config(name: str, tok: PreTrainedTokenizerBase, max_new_tokens: int, *, temperature: float = 1.0,
-                    top_k: int = 20, top_p: float = 0.9, num_beams: int = 4,
-                    repetition_penalty: float = 1.0) -> GenerationConfig:
+def decoding_config(
+    name: str,
+    tok: PreTrainedTokenizerBase,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 20,
+    top_p: float = 0.9,
+    num_beams: int = 4,
+    repetition_penalty: float = 1.0,
+) -> GenerationConfig:
     """An explicit GenerationConfig per strategy, so the model folder's defaults never leak in."""
-    common = dict(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, num_beams=1,
-                  do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                  bos_token_id=tok.bos_token_id)
+    common = dict(
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
+        num_beams=1,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     sampling = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)  # top_k=0: transformers' 50 is off
     if name == "greedy":
         pass
@@ -134,20 +154,25 @@ def left_pad(seqs: list[list[int]], pad_id: int, dev: torch.device) -> tuple[tor
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids.to(dev), mask.to(dev)
 
 
 @torch.no_grad()
-def generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[list[int]],
-             gen: GenerationConfig, batch_size: int) -> list[list[int]]:
+def generate(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    gen: GenerationConfig,
+    batch_size: int,
+) -> list[list[int]]:
     """New tokens per prompt (left-padded batches), cut after the first EOS (kept) and without pads."""
     out: list[list[int]] = []
     for i in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[i : i + batch_size], tok.pad_token_id, model.device)
         seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-        for row in seqs[:, ids.size(1):].tolist():
+        for row in seqs[:, ids.size(1) :].tolist():
             if tok.eos_token_id in row:
                 row = row[: row.index(tok.eos_token_id) + 1]
             out.append([t for t in row if t != tok.pad_token_id])
@@ -159,8 +184,9 @@ def response_text(tok: PreTrainedTokenizerBase, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def sequence_logprobs(model: PreTrainedModel, prompts: list[list[int]], responses: list[list[int]],
-                      pad_id: int, batch_size: int) -> list[float]:
+def sequence_logprobs(
+    model: PreTrainedModel, prompts: list[list[int]], responses: list[list[int]], pad_id: int, batch_size: int
+) -> list[float]:
     """log p(response | prompt) summed over the response tokens, per sequence (right-padded batches)."""
     out: list[float] = []
     for i in range(0, len(prompts), batch_size):
@@ -184,8 +210,13 @@ def sequence_logprobs(model: PreTrainedModel, prompts: list[list[int]], response
 
 
 @torch.no_grad()
-def reward_scores(model: PreTrainedModel, tok: PreTrainedTokenizerBase, conversations: list[Messages],
-                  max_tokens: int, batch_size: int) -> list[float]:
+def reward_scores(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    conversations: list[Messages],
+    max_tokens: int,
+    batch_size: int,
+) -> list[float]:
     """Scalar reward per conversation, tokenized as trl's RewardTrainer does (the chat template)."""
     seqs = [
         list(tok.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])[-max_tokens:]

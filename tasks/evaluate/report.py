@@ -31,8 +31,13 @@ def hardware() -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def plots(folder: Path, metrics: dict[str, float], rewards: dict[str, list[float]],
-          prefs: dict[str, list[float]], kls: list[float]) -> list[Path]:
+def plots(
+    folder: Path,
+    metrics: dict[str, float],
+    rewards: dict[str, list[float]],
+    prefs: dict[str, list[float]],
+    kls: list[float],
+) -> list[Path]:
     """Two PNGs: perplexity/bits-per-byte per model, and reward/ROUGE/KL comparisons of SFT vs PPO."""
     import matplotlib
 
@@ -56,10 +61,17 @@ def plots(folder: Path, metrics: dict[str, float], rewards: dict[str, list[float
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    axes[0].hist([rewards["sft"], rewards["ppo"]], bins=15, label=["sft", "ppo"], color=["#4c72b0", "#dd8452"])
+    axes[0].hist(
+        [rewards["sft"], rewards["ppo"]], bins=15, label=["sft", "ppo"], color=["#4c72b0", "#dd8452"]
+    )
     axes[0].set_title(f"reward on eval prompts (PPO win rate {metrics['eval/win_rate_ppo_vs_sft']:.2f})")
     axes[0].legend()
-    axes[1].hist([prefs["chosen"], prefs["rejected"]], bins=15, label=["chosen", "rejected"], color=["#55a868", "#c44e52"])
+    axes[1].hist(
+        [prefs["chosen"], prefs["rejected"]],
+        bins=15,
+        label=["chosen", "rejected"],
+        color=["#55a868", "#c44e52"],
+    )
     axes[1].set_title(f"reward model on held-out pairs (acc {metrics['eval/rm_accuracy']:.2f})")
     axes[1].legend()
     axes[2].hist(kls, bins=15, color="#8172b2")

@@ -83,7 +83,11 @@ def response_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, t
 
 
 def shaped_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: -kl_coef * KL(k1) on every real token, plus the score on the last one.
 
@@ -119,7 +123,11 @@ def gae(
 
 
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate objective, as a loss to minimise, with its clip fraction and approx-KL."""
     log_ratio = logprobs - old_logprobs
@@ -136,7 +144,11 @@ def policy_loss(
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss: 0.5 * max((v - R)^2, (clip(v, v_old +- eps) - R)^2), masked mean."""
     clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)

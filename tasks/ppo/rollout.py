@@ -16,7 +16,9 @@ ScoreFn = Callable[[list[Messages], list[str], list[list[int]]], torch.Tensor]
 
 def prompt_ids(tokenizer, prompts: Sequence[Messages]) -> list[list[int]]:
     """Token ids of each prompt rendered by the chat template with the assistant turn opened."""
-    texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [
+        tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts
+    ]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
@@ -73,7 +75,9 @@ def join(queries, query_mask, responses, resp_mask) -> tuple[torch.Tensor, torch
     return ids, attn, position_ids(attn)
 
 
-def response_logits(model, queries, query_mask, responses, resp_mask, temperature: float = 1.0) -> torch.Tensor:
+def response_logits(
+    model, queries, query_mask, responses, resp_mask, temperature: float = 1.0
+) -> torch.Tensor:
     """Logits [B, T_resp, V] that predicted each response token, divided by the sampling temperature."""
     ids, attn, pos = join(queries, query_mask, responses, resp_mask)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
@@ -122,7 +126,9 @@ class RewardModelScorer:
 
     def __init__(self, model, tokenizer, max_length: int | None = None, batch_size: int = 32):
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the reward model's tokenizer has no chat_template; the reward stage must save one")
+            raise ValueError(
+                "the reward model's tokenizer has no chat_template; the reward stage must save one"
+            )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
@@ -132,8 +138,12 @@ class RewardModelScorer:
     def __call__(self, prompts: list[Messages], completions: list[str], response_ids=None) -> torch.Tensor:
         from tasks.reward import score_conversations
 
-        conversations = [list(p) + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions, strict=True)]
-        scores, _ = score_conversations(self.model, self.tokenizer, conversations, self.batch_size, self.max_length)
+        conversations = [
+            list(p) + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions, strict=True)
+        ]
+        scores, _ = score_conversations(
+            self.model, self.tokenizer, conversations, self.batch_size, self.max_length
+        )
         return torch.tensor(scores, dtype=torch.float32)
 
 

@@ -64,8 +64,12 @@ def lora_config(cfg: PpoConfig):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM", bias="none",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        task_type="CAUSAL_LM",
+        bias="none",
     )
 
 
@@ -130,12 +134,23 @@ def finish(cfg, policy, tok, scorer, eval_prompts, history, out: Path, log_: Met
     tok.padding_side = "right"  # the saved tokenizer's default, as the SFT model's
     save_model_folder(merged, tok, out / "model")
     if history:
-        metrics.update({"train_score_first": history[0]["score"], "train_score_last": history[-1]["score"],
-                        "kl_coef_last": history[-1]["kl_coef"]})
+        metrics.update(
+            {
+                "train_score_first": history[0]["score"],
+                "train_score_last": history[-1]["score"],
+                "kl_coef_last": history[-1]["kl_coef"],
+            }
+        )
         if "kl" in history[-1]:
             metrics["train_kl_last"] = history[-1]["kl"]
-    log.info("ppo (%s): held-out reward SFT %.4f -> tuned %.4f (gain %.4f), KL to SFT %.3f", cfg.algorithm,
-             metrics["reward_sft_eval"], metrics["reward_ppo_eval"], metrics["reward_gain"], metrics["kl_ref_eval"])
+    log.info(
+        "ppo (%s): held-out reward SFT %.4f -> tuned %.4f (gain %.4f), KL to SFT %.3f",
+        cfg.algorithm,
+        metrics["reward_sft_eval"],
+        metrics["reward_ppo_eval"],
+        metrics["reward_gain"],
+        metrics["kl_ref_eval"],
+    )
     report = StageReport(
         counts={"steps": cfg.steps, "eval_prompts": int(metrics.pop("eval_prompts"))},
         metrics=metrics,
@@ -181,14 +196,26 @@ def train_trl(cfg: PpoConfig, base, tok, reward_model, reward_tok, prompts, out:
     per_rollout = cfg.batch_size // cfg.mini_batch_size * cfg.ppo_epochs  # optimizer steps per rollout batch
     scratch = Path(tempfile.mkdtemp(prefix=f"lmforge-{cfg.algorithm}-"))
     args = Config(
-        output_dir=str(scratch), seed=cfg.seed, learning_rate=cfg.learning_rate,
+        output_dir=str(scratch),
+        seed=cfg.seed,
+        learning_rate=cfg.learning_rate,
         # PPO's schedule: `steps` rollouts of batch_size completions, each used for ppo_epochs passes
         # of mini_batch_size minibatches
-        max_steps=cfg.steps * per_rollout, per_device_train_batch_size=cfg.mini_batch_size // world,
-        generation_batch_size=cfg.batch_size, num_iterations=cfg.ppo_epochs, num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        beta=cfg.init_kl_coef, epsilon=cfg.cliprange, max_grad_norm=cfg.max_grad_norm,
-        disable_dropout=True, logging_steps=cfg.log_every * per_rollout, remove_unused_columns=False,
+        max_steps=cfg.steps * per_rollout,
+        per_device_train_batch_size=cfg.mini_batch_size // world,
+        generation_batch_size=cfg.batch_size,
+        num_iterations=cfg.ppo_epochs,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        beta=cfg.init_kl_coef,
+        epsilon=cfg.cliprange,
+        max_grad_norm=cfg.max_grad_norm,
+        disable_dropout=True,
+        logging_steps=cfg.log_every * per_rollout,
+        remove_unused_columns=False,
         **trainer_args(bf16=False),
     )
     eos_id = tok.eos_token_id
@@ -209,17 +236,25 @@ def train_trl(cfg: PpoConfig, base, tok, reward_model, reward_tok, prompts, out:
         def on_log(self, args, state, control, logs=None, **kw):
             if not logs or not state.is_world_process_zero or f"rewards/{rm_name}/mean" not in logs:
                 return
-            shared = {"ppo/score": logs.get(f"rewards/{rm_name}/mean"), "ppo/kl_per_token": logs.get("kl"),
-                      "ppo/entropy": logs.get("entropy"), "ppo/response_length": logs.get("completions/mean_length"),
-                      "ppo/policy_clipfrac": logs.get("clip_ratio/region_mean"), "ppo/kl_coef": cfg.init_kl_coef}
+            shared = {
+                "ppo/score": logs.get(f"rewards/{rm_name}/mean"),
+                "ppo/kl_per_token": logs.get("kl"),
+                "ppo/entropy": logs.get("entropy"),
+                "ppo/response_length": logs.get("completions/mean_length"),
+                "ppo/policy_clipfrac": logs.get("clip_ratio/region_mean"),
+                "ppo/kl_coef": cfg.init_kl_coef,
+            }
             row = {k: float(v) for k, v in shared.items() if v is not None}
             log_.log_metrics(row, step=-(-state.global_step // per_rollout))  # the rollout step, as PPO's
             history.append({"score": row["ppo/score"], "kl_coef": cfg.init_kl_coef})
 
     trainer = Trainer(
-        model=base, reward_funcs=reward_funcs, args=args,
+        model=base,
+        reward_funcs=reward_funcs,
+        args=args,
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-        processing_class=tok, reward_processing_classes=[reward_tok] + [None] * (len(reward_funcs) - 1),
+        processing_class=tok,
+        reward_processing_classes=[reward_tok] + [None] * (len(reward_funcs) - 1),
         peft_config=lora_config(cfg),
         callbacks=[MetricLoggerCallback(log_, prefix=f"{cfg.algorithm}/"), SharedNames()],
     )
@@ -235,19 +270,36 @@ def train_trl(cfg: PpoConfig, base, tok, reward_model, reward_tok, prompts, out:
 def launch(cfg: PpoConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
     """Run `train` under torchrun with `cfg.num_processes` ranks; rank 0 writes the outputs and the report."""
     spec = out / ".launch.json.tmp"  # .tmp: left out of the manifest
-    spec.write_text(json.dumps({"config": cfg.model_dump(mode="json"),
-                                "inputs": {k: m.path for k, m in inputs.items()}, "out": str(out)}))
+    spec.write_text(
+        json.dumps(
+            {
+                "config": cfg.model_dump(mode="json"),
+                "inputs": {k: m.path for k, m in inputs.items()},
+                "out": str(out),
+            }
+        )
+    )
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // cfg.num_processes))
     if isinstance(log_, MlflowLogger):
         env[RUN_ID_ENV], env["MLFLOW_TRACKING_URI"] = log_.run_id, log_.tracking_uri
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.num_processes}",
-           "-m", "tasks.ppo", str(spec)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={cfg.num_processes}",
+        "-m",
+        "tasks.ppo",
+        str(spec),
+    ]
     log.info("ppo: launching %s", " ".join(cmd))
     proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[2])
     spec.unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"ppo: torchrun exited with code {proc.returncode}; see the log above (command: {cmd})")
+        raise RuntimeError(
+            f"ppo: torchrun exited with code {proc.returncode}; see the log above (command: {cmd})"
+        )
     data = json.loads((out / REPORT_NAME).read_text())
     return StageReport(counts=data["counts"], metrics=data["metrics"], extra=data["extra"])
 

@@ -51,7 +51,9 @@ def disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
-def select_prompts(tokenizer, prompts: Sequence[Messages], max_tokens: int) -> tuple[list[Messages], list[list[int]]]:
+def select_prompts(
+    tokenizer, prompts: Sequence[Messages], max_tokens: int
+) -> tuple[list[Messages], list[list[int]]]:
     """Prompts whose rendered template fits in `max_tokens`, with their token ids."""
     ids = prompt_ids(tokenizer, prompts)
     kept = [(p, i) for p, i in zip(prompts, ids, strict=True) if 0 < len(i) <= max_tokens]
@@ -80,7 +82,12 @@ class PPOTrainer:
             raise ValueError("the policy tokenizer needs both eos_token and pad_token set")
         world = self.acc.num_processes
         self.local_batch, self.local_mini = cfg.batch_size // world, cfg.mini_batch_size // world
-        if self.local_batch < 1 or self.local_mini < 1 or cfg.batch_size % world or cfg.mini_batch_size % world:
+        if (
+            self.local_batch < 1
+            or self.local_mini < 1
+            or cfg.batch_size % world
+            or cfg.mini_batch_size % world
+        ):
             raise ValueError(
                 f"ppo.batch_size ({cfg.batch_size}) and ppo.mini_batch_size ({cfg.mini_batch_size}) must be "
                 f"multiples of the number of processes ({world})"
@@ -90,7 +97,12 @@ class PPOTrainer:
             raise ValueError(
                 f"none of the {len(prompts)} training prompts fits ppo.max_prompt_tokens={cfg.max_prompt_tokens}"
             )
-        _log.info("ppo: %d of %d training prompts fit %d tokens", len(self.prompts), len(prompts), cfg.max_prompt_tokens)
+        _log.info(
+            "ppo: %d of %d training prompts fit %d tokens",
+            len(self.prompts),
+            len(prompts),
+            cfg.max_prompt_tokens,
+        )
         if not isinstance(value_model, TokenValueModel):
             value_model = TokenValueModel(value_model)
         for m in (policy, value_model):
@@ -101,8 +113,10 @@ class PPOTrainer:
         if not self.policy_params:
             raise ValueError("the policy has no trainable parameters (expected a LoRA adapter)")
         opt = torch.optim.AdamW(
-            [{"params": self.policy_params, "lr": cfg.learning_rate},
-             {"params": self.value_params, "lr": cfg.value_learning_rate}],
+            [
+                {"params": self.policy_params, "lr": cfg.learning_rate},
+                {"params": self.value_params, "lr": cfg.value_learning_rate},
+            ],
             eps=1e-5,
         )
         # linear anneal; not prepared, since accelerate would step it once per process
@@ -110,7 +124,8 @@ class PPOTrainer:
         self.policy, self.value_model, self.opt = self.acc.prepare(policy, value_model, opt)
         self.kl_ctl = (
             core.AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-            if cfg.adaptive_kl else core.FixedKLController(cfg.init_kl_coef)
+            if cfg.adaptive_kl
+            else core.FixedKLController(cfg.init_kl_coef)
         )
         self._order: list[int] = []
         self._rng = random.Random(cfg.seed)
@@ -141,15 +156,25 @@ class PPOTrainer:
         policy = self.unwrapped_policy()
         queries, query_mask = left_pad([self.prompt_ids[i] for i in indices], self.pad_id, self.device)
         responses = generate(
-            policy, queries, query_mask, eos_id=self.eos_id, pad_id=self.pad_id, max_new_tokens=cfg.max_new_tokens,
-            do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+            policy,
+            queries,
+            query_mask,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
         )
         mask, has_eos = core.response_mask(responses, self.eos_id)
         logprobs, ref_logprobs, values = [], [], []
         for s in range(0, len(indices), self.local_mini):
             sl = slice(s, s + self.local_mini)
             args = (queries[sl], query_mask[sl], responses[sl], mask[sl])
-            logprobs.append(core.logprobs_from_logits(response_logits(policy, *args, cfg.temperature), responses[sl]))
+            logprobs.append(
+                core.logprobs_from_logits(response_logits(policy, *args, cfg.temperature), responses[sl])
+            )
             with policy.disable_adapter():
                 ref = response_logits(policy, *args, cfg.temperature)
             ref_logprobs.append(core.logprobs_from_logits(ref, responses[sl]))
@@ -159,8 +184,16 @@ class PPOTrainer:
         prompts = [self.prompts[i] for i in indices]
         scores = self.score_fn(prompts, completions, token_lists).to(self.device).float()
         return Rollout(
-            queries, query_mask, responses, mask, has_eos,
-            torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask, scores, completions,
+            queries,
+            query_mask,
+            responses,
+            mask,
+            has_eos,
+            torch.cat(logprobs) * mask,
+            torch.cat(ref_logprobs) * mask,
+            torch.cat(values) * mask,
+            scores,
+            completions,
         )
 
     # ---- update -----------------------------------------------------------------------------
@@ -184,8 +217,12 @@ class PPOTrainer:
                 logits = response_logits(self.policy, *args, cfg.temperature)
                 new_logprobs = core.logprobs_from_logits(logits, ro.responses[idx])
                 vpred = response_values(self.value_model, *args)
-                pg_loss, pg = core.policy_loss(new_logprobs, ro.logprobs[idx], advantages[idx], ro.mask[idx], cfg.cliprange)
-                vf_loss, vf = core.value_loss(vpred, ro.values[idx], returns[idx], ro.mask[idx], cfg.cliprange_value)
+                pg_loss, pg = core.policy_loss(
+                    new_logprobs, ro.logprobs[idx], advantages[idx], ro.mask[idx], cfg.cliprange
+                )
+                vf_loss, vf = core.value_loss(
+                    vpred, ro.values[idx], returns[idx], ro.mask[idx], cfg.cliprange_value
+                )
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 self.opt.zero_grad(set_to_none=True)
                 self.acc.backward(loss)
@@ -204,17 +241,19 @@ class PPOTrainer:
 
         seq_kl = kl.sum(1)
         local = {k: torch.stack(v).mean() for k, v in acc.items()}
-        local.update({
-            "score": ro.scores.mean(),
-            "reward": (scores - self.kl_ctl.value * seq_kl).mean(),
-            "kl": seq_kl.mean(),
-            "kl_per_token": core.masked_mean(kl, ro.mask),
-            "response_length": ro.mask.sum(1).mean(),
-            "eos_fraction": ro.has_eos.float().mean(),
-            "advantage_abs": core.masked_mean(advantages.abs(), ro.mask),
-            "return_mean": core.masked_mean(returns, ro.mask),
-            "value_mean": core.masked_mean(ro.values, ro.mask),
-        })
+        local.update(
+            {
+                "score": ro.scores.mean(),
+                "reward": (scores - self.kl_ctl.value * seq_kl).mean(),
+                "kl": seq_kl.mean(),
+                "kl_per_token": core.masked_mean(kl, ro.mask),
+                "response_length": ro.mask.sum(1).mean(),
+                "eos_fraction": ro.has_eos.float().mean(),
+                "advantage_abs": core.masked_mean(advantages.abs(), ro.mask),
+                "return_mean": core.masked_mean(returns, ro.mask),
+                "value_mean": core.masked_mean(ro.values, ro.mask),
+            }
+        )
         names = sorted(local)
         stacked = self.acc.reduce(torch.stack([local[n].float() for n in names]), reduction="mean")
         stats = dict(zip(names, stacked.tolist(), strict=True))
@@ -238,8 +277,15 @@ class PPOTrainer:
                     self.log.log_metrics({f"ppo/{k}": v for k, v in stats.items()}, step=step)
                 if step % self.cfg.sample_every == 0 or step == self.cfg.steps:
                     self.log.log_table(self._samples(ro), f"ppo/samples/step_{step:05d}.json")
-                _log.info("ppo step %d/%d score %.3f kl %.3f kl_coef %.4f len %.1f", step, self.cfg.steps,
-                         stats["score"], stats["kl"], stats["kl_coef"], stats["response_length"])
+                _log.info(
+                    "ppo step %d/%d score %.3f kl %.3f kl_coef %.4f len %.1f",
+                    step,
+                    self.cfg.steps,
+                    stats["score"],
+                    stats["kl"],
+                    stats["kl_coef"],
+                    stats["response_length"],
+                )
         return self.history
 
     def _samples(self, ro: Rollout, n: int = 8) -> dict[str, list]:
@@ -278,8 +324,15 @@ def heldout_eval(
         raise ValueError(f"no held-out prompt fits ppo.max_prompt_tokens={cfg.max_prompt_tokens}")
     was_training = policy.training
     policy.eval()
-    gen = dict(eos_id=eos_id, pad_id=pad_id, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.eval_do_sample,
-               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    gen = dict(
+        eos_id=eos_id,
+        pad_id=pad_id,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=cfg.eval_do_sample,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+    )
     out: dict[str, list] = defaultdict(list)
     for name in ("sft", "ppo"):
         torch.manual_seed(cfg.seed)
@@ -307,7 +360,10 @@ def heldout_eval(
 
     def reward(name: str) -> float:
         penalty = cfg.missing_eos_penalty or 0.0
-        vals = [s - (0.0 if e else penalty) for s, e in zip(out[f"score_{name}"], out[f"has_eos_{name}"], strict=True)]
+        vals = [
+            s - (0.0 if e else penalty)
+            for s, e in zip(out[f"score_{name}"], out[f"has_eos_{name}"], strict=True)
+        ]
         return sum(vals) / len(vals)
 
     n = len(prompts)
@@ -324,7 +380,10 @@ def heldout_eval(
     metrics["reward_gain"] = metrics["reward_ppo_eval"] - metrics["reward_sft_eval"]
     table = {
         "prompt": [p[-1]["content"] for p in prompts],
-        "sft": out["completion_sft"], "sft_score": out["score_sft"],
-        "ppo": out["completion_ppo"], "ppo_score": out["score_ppo"], "kl": out["kl"],
+        "sft": out["completion_sft"],
+        "sft_score": out["score_sft"],
+        "ppo": out["completion_ppo"],
+        "ppo_score": out["score_ppo"],
+        "kl": out["kl"],
     }
     return metrics, table

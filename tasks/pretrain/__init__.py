@@ -1,14 +1,14 @@
 """Stage `pretrain`: a Llama-style decoder trained from scratch on the token shards, under torchrun.
 
-    model.py      the LlamaForCausalLM built from the config's dials
-    data.py       memory-mapped token windows and the rank-independent batch order
-    parallel.py   process groups, DDP / FSDP2 wrapping
-    flops.py      FLOPs per token, peak FLOP/s (GPU datasheet or measured CPU matmul peak), MFU
-    checkpoint.py atomic checkpoints and RNG states
-    metrics.py    rank 0's metric stream (JSONL + MLflow)
-    train.py      the torchrun entry point (one process per rank)
-    launch.py     the stage function: builds the torchrun command, streams logs, reports; and the
-                  `python -m tasks.pretrain` entry point by which other nodes join a multi-node run
+model.py      the LlamaForCausalLM built from the config's dials
+data.py       memory-mapped token windows and the rank-independent batch order
+parallel.py   process groups, DDP / FSDP2 wrapping
+flops.py      FLOPs per token, peak FLOP/s (GPU datasheet or measured CPU matmul peak), MFU
+checkpoint.py atomic checkpoints and RNG states
+metrics.py    rank 0's metric stream (JSONL + MLflow)
+train.py      the torchrun entry point (one process per rank)
+launch.py     the stage function: builds the torchrun command, streams logs, reports; and the
+              `python -m tasks.pretrain` entry point by which other nodes join a multi-node run
 """
 
 from tasks.pretrain.launch import PretrainError, gate, pretrain

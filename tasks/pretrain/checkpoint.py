@@ -64,7 +64,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: Path, step: int, state: dict[str, Any], keep: int, meta: dict | None = None) -> Path:
+def save_checkpoint(
+    root: Path, step: int, state: dict[str, Any], keep: int, meta: dict | None = None
+) -> Path:
     """Write `state` as checkpoint `step` atomically, then drop all but the newest `keep`."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))

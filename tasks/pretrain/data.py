@@ -48,7 +48,9 @@ class GlobalBatches:
 
     def __init__(self, n_windows: int, global_seqs: int, seed: int):
         if n_windows < 1:
-            raise ValueError("the train split has no complete window of seq_len + 1 tokens: lower pretrain.seq_len")
+            raise ValueError(
+                "the train split has no complete window of seq_len + 1 tokens: lower pretrain.seq_len"
+            )
         self.n = n_windows
         self.g = global_seqs
         self.seed = seed

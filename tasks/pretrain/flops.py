@@ -32,7 +32,9 @@ GPU_PEAK_BF16 = {
 }
 
 
-def flops_per_token(n_params: int, n_embed: int, tied: bool, n_layers: int, d_model: int, seq_len: int) -> float:
+def flops_per_token(
+    n_params: int, n_embed: int, tied: bool, n_layers: int, d_model: int, seq_len: int
+) -> float:
     matmul_params = n_params if tied else n_params - n_embed
     return 6.0 * matmul_params + 12.0 * n_layers * d_model * seq_len
 
@@ -76,4 +78,6 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, 
         if peak is not None and dtype == torch.bfloat16:
             return peak, f"datasheet bf16 peak of {name}"
         return measure_matmul_peak(device, dtype, n=4096), f"measured matmul peak on {name}"
-    return measure_matmul_peak(device, dtype), f"measured matmul peak with {torch.get_num_threads()} thread(s)"
+    return measure_matmul_peak(
+        device, dtype
+    ), f"measured matmul peak with {torch.get_num_threads()} thread(s)"

@@ -55,7 +55,11 @@ class DivergedError(PretrainError, PermanentStageError):
 
 def write_spec(cfg: PretrainConfig, tokens_dir: Path, tokenizer_dir: Path, path: Path) -> Path:
     """What every rank needs to start: the config and the input folders."""
-    spec = {"config": cfg.model_dump(mode="json"), "tokens_dir": str(tokens_dir), "tokenizer_dir": str(tokenizer_dir)}
+    spec = {
+        "config": cfg.model_dump(mode="json"),
+        "tokens_dir": str(tokens_dir),
+        "tokenizer_dir": str(tokenizer_dir),
+    }
     atomic_write_text(path, json.dumps(spec, indent=2))
     return path
 
@@ -63,7 +67,9 @@ def write_spec(cfg: PretrainConfig, tokens_dir: Path, tokenizer_dir: Path, path:
 def rendezvous_file(artifacts_root: Path, rdzv_id: str) -> Path:
     """Where node 0 of run `rdzv_id` announces its spec and stage folder to the joining nodes."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", rdzv_id):
-        raise ValueError(f"pretrain.rdzv_id={rdzv_id!r} must be a plain name (letters, digits, '.', '_', '-')")
+        raise ValueError(
+            f"pretrain.rdzv_id={rdzv_id!r} must be a plain name (letters, digits, '.', '_', '-')"
+        )
     return Path(artifacts_root) / "pretrain" / RENDEZVOUS_DIR / f"{rdzv_id}.json"
 
 
@@ -80,15 +86,25 @@ def threads_per_proc(cfg: PretrainConfig) -> int:
 def torchrun_command(cfg: PretrainConfig, spec: Path, out: Path, log_dir: Path) -> list[str]:
     """`python -m torch.distributed.run ... -m tasks.pretrain.train` for this node (no PATH lookup)."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nproc-per-node={cfg.nproc_per_node}", f"--nnodes={cfg.nnodes}",
-        "--max-restarts=0", "--tee=3", f"--log-dir={log_dir}",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={cfg.nproc_per_node}",
+        f"--nnodes={cfg.nnodes}",
+        "--max-restarts=0",
+        "--tee=3",
+        f"--log-dir={log_dir}",
     ]
     if cfg.nnodes == 1 and not cfg.rdzv_endpoint:
         cmd.append("--standalone")  # c10d rendezvous on a free local port picked by the agent itself
     elif cfg.rdzv_backend == "static":
         host, _, port = cfg.rdzv_endpoint.rpartition(":")
-        cmd += ["--rdzv-backend=static", f"--master-addr={host}", f"--master-port={port}", f"--node-rank={cfg.node_rank}"]
+        cmd += [
+            "--rdzv-backend=static",
+            f"--master-addr={host}",
+            f"--master-port={port}",
+            f"--node-rank={cfg.node_rank}",
+        ]
     else:
         cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={cfg.rdzv_endpoint}", f"--rdzv-id={cfg.rdzv_id}"]
     return cmd + ["-m", "tasks.pretrain.train", f"--spec={spec}", f"--out={out}"]
@@ -97,8 +113,13 @@ def torchrun_command(cfg: PretrainConfig, spec: Path, out: Path, log_dir: Path) 
 def worker_env(cfg: PretrainConfig, run_id: str | None, tracking_uri: str | None) -> dict[str, str]:
     env = dict(os.environ)
     threads = str(threads_per_proc(cfg))
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env.update(
+        OMP_NUM_THREADS=threads,
+        MKL_NUM_THREADS=threads,
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env.pop(RUN_ID_ENV, None)
     if run_id and tracking_uri:
@@ -108,11 +129,19 @@ def worker_env(cfg: PretrainConfig, run_id: str | None, tracking_uri: str | None
 
 def run_torchrun(cmd: list[str], env: dict[str, str], out: Path, log_dir: Path) -> None:
     """Run torchrun, stream every line to the logger, and raise `PretrainError` if any rank failed."""
-    tails: dict[int, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
+    tails: dict[int, collections.deque] = collections.defaultdict(
+        lambda: collections.deque(maxlen=TAIL_LINES)
+    )
     agent: collections.deque = collections.deque(maxlen=4000)  # holds torchrun's failure report
     log.info("launching: %s", " ".join(cmd))
     proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        cmd,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
         start_new_session=True,
     )
     try:
@@ -147,7 +176,9 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 def rank_log_tail(log_dir: Path, local_rank: int, n: int = TAIL_LINES) -> list[str]:
     """The end of a rank's own stderr file (complete even when the tee'd stream was cut off by its death)."""
-    files = sorted(Path(log_dir).glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda p: p.stat().st_mtime)
+    files = sorted(
+        Path(log_dir).glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda p: p.stat().st_mtime
+    )
     if not files:
         return []
     return files[-1].read_text(errors="replace").splitlines()[-n:]
@@ -169,17 +200,30 @@ def worker_failures(agent_text: str) -> list[dict[str, Any]]:
         if not rank:
             continue
         code = re.search(r"exitcode\s*:\s*(-?\d+)[^\n]*?(?:\((SIG\w+)\))?\s*$", block, re.M)
-        errors = [ln.strip() for ln in block.splitlines() if re.match(r"\s+\w+(\.\w+)*(Error|Exception)\b.*:", ln)]
+        errors = [
+            ln.strip() for ln in block.splitlines() if re.match(r"\s+\w+(\.\w+)*(Error|Exception)\b.*:", ln)
+        ]
         sig = code.group(2) if code else None
         score = 2 if sig == "SIGTERM" else 1 if any(m in block for m in _SECONDARY) else 0
-        found.append({"rank": int(rank.group(1)), "local_rank": int(rank.group(2)), "exitcode": code.group(1) if code
-                      else "?", "signal": sig, "error": errors[-1] if errors else None, "score": score, "root": is_root})
+        found.append(
+            {
+                "rank": int(rank.group(1)),
+                "local_rank": int(rank.group(2)),
+                "exitcode": code.group(1) if code else "?",
+                "signal": sig,
+                "error": errors[-1] if errors else None,
+                "score": score,
+                "root": is_root,
+            }
+        )
         is_root = is_root or "Root Cause" in block
     # a block that follows the "Root Cause" header is torchrun's own pick: prefer it among equals
     return sorted(found, key=lambda f: (f["score"], not f["root"]))
 
 
-def failure_message(code: int, agent: list[str], tails: dict[int, Any], out: Path, log_dir: Path | None = None) -> str:
+def failure_message(
+    code: int, agent: list[str], tails: dict[int, Any], out: Path, log_dir: Path | None = None
+) -> str:
     """The rank that failed first, its error, the tail of its log, and where the stage resumes."""
     failures = worker_failures("\n".join(agent))
     parts = [f"pretrain workers failed (torchrun exit code {code})"]
@@ -193,7 +237,9 @@ def failure_message(code: int, agent: list[str], tails: dict[int, Any], out: Pat
             parts.append(f["error"])
     elif tails:
         local = min(tails)
-    tail = (rank_log_tail(log_dir, local) if log_dir and local is not None else []) or list(tails.get(local, []))
+    tail = (rank_log_tail(log_dir, local) if log_dir and local is not None else []) or list(
+        tails.get(local, [])
+    )
     if tail:
         parts.append(f"--- last lines of local rank {local} ---\n" + "\n".join(tail))
     else:
@@ -233,14 +279,18 @@ def _plot_losses(metrics: list[dict], out: Path, logger: MetricLogger) -> None:
 
 def pretrain(cfg: PretrainConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
     """Train the model on the tokenizer stage's shards; the output is `model/` (+ metrics, samples, plot)."""
-    source = inputs["train_tokenizer"]
+    source = inputs["tokenizer"]
     source.file("tokens/index.json")  # raises, naming the stage, when the shards are missing
     if not source.files_under("tokenizer/"):
         raise FileNotFoundError(f"stage {source.stage} ({source.path}) has no tokenizer/ folder")
     if cfg.node_rank != 0:
-        raise ValueError("the pretrain stage runs on node 0; other nodes join with `python -m tasks.pretrain`")
+        raise ValueError(
+            "the pretrain stage runs on node 0; other nodes join with `python -m tasks.pretrain`"
+        )
     out = Path(out)
-    if finished_training(cfg, out):  # trained before the stage could finish (e.g. tracking failed): no re-train
+    if finished_training(
+        cfg, out
+    ):  # trained before the stage could finish (e.g. tracking failed): no re-train
         log.info("pretrain: %s already holds the trained model; reporting it", out)
     else:
         launch(cfg, source, out, log_)
@@ -262,8 +312,13 @@ def launch(cfg: PretrainConfig, source: Manifest, out: Path, log_: MetricLogger)
     announce = rendezvous_file(out.parent.parent, cfg.rdzv_id) if cfg.nnodes > 1 else None
     if announce:
         atomic_write_text(announce, json.dumps({"spec": str(spec), "out": str(out)}))
-        log.info("pretrain: nodes 1..%d can join with `python -m tasks.pretrain join --artifacts-root %s "
-                 "--rdzv-id %s --node-rank N`", cfg.nnodes - 1, out.parent.parent, cfg.rdzv_id)
+        log.info(
+            "pretrain: nodes 1..%d can join with `python -m tasks.pretrain join --artifacts-root %s "
+            "--rdzv-id %s --node-rank N`",
+            cfg.nnodes - 1,
+            out.parent.parent,
+            cfg.rdzv_id,
+        )
     with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as log_dir:
         try:
             run_torchrun(torchrun_command(cfg, spec, out, Path(log_dir)), env, out, Path(log_dir))
@@ -271,7 +326,9 @@ def launch(cfg: PretrainConfig, source: Manifest, out: Path, log_: MetricLogger)
             if not finished_training(cfg, out):
                 raise
             # rank 0 writes the summary after the model and after every collective: the result is complete
-            log.warning("a worker died after training finished; the outputs are complete: %s", str(e).splitlines()[0])
+            log.warning(
+                "a worker died after training finished; the outputs are complete: %s", str(e).splitlines()[0]
+            )
         finally:
             if announce:  # a node that starts later must not join a finished run
                 announce.unlink(missing_ok=True)
@@ -289,13 +346,22 @@ def report(out: Path, log_: MetricLogger) -> StageReport:
     for key in ("val_loss", "val_ppl", "tokens_per_s", "flops_per_s", "mfu"):
         if summary.get(key) is not None:
             final[f"final/{key}"] = summary[key]
-    log.info("pretrain: %d steps, loss %.3f -> %.3f, val %s", summary["steps"], first, summary["final_loss"],
-             f"{summary['val_loss']:.3f}" if "val_loss" in summary else "n/a")
+    log.info(
+        "pretrain: %d steps, loss %.3f -> %.3f, val %s",
+        summary["steps"],
+        first,
+        summary["final_loss"],
+        f"{summary['val_loss']:.3f}" if "val_loss" in summary else "n/a",
+    )
     return StageReport(
         counts={"steps": summary["steps"], "tokens": summary["tokens"], "parameters": summary["n_params"]},
         metrics=final,
-        extra={"model_dir": "model", "world_size": summary["world_size"], "resumed_from_step": summary["resumed_from_step"],
-               "peak_flops_source": summary["peak_flops_source"]},
+        extra={
+            "model_dir": "model",
+            "world_size": summary["world_size"],
+            "resumed_from_step": summary["resumed_from_step"],
+            "peak_flops_source": summary["peak_flops_source"],
+        },
     )
 
 
@@ -351,9 +417,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv[:1] == ["join"]:
-        p = argparse.ArgumentParser(prog="python -m tasks.pretrain join",
-                                    description="Wait for node 0 of run ID to launch, then start this node's ranks.")
-        p.add_argument("--artifacts-root", required=True, type=Path, help="node 0's artifacts root (shared storage)")
+        p = argparse.ArgumentParser(
+            prog="python -m tasks.pretrain join",
+            description="Wait for node 0 of run ID to launch, then start this node's ranks.",
+        )
+        p.add_argument(
+            "--artifacts-root", required=True, type=Path, help="node 0's artifacts root (shared storage)"
+        )
         p.add_argument("--rdzv-id", required=True, help="the run's pretrain.rdzv_id")
         p.add_argument("--node-rank", type=int, required=True)
         p.add_argument("--nproc-per-node", type=int, help="override the config's processes per node")
@@ -364,14 +434,19 @@ def main(argv: list[str] | None = None) -> None:
         except TimeoutError as e:
             sys.exit(f"error: {e}")
         if found is None:
-            log.info("node 0's flow for run %s ended without a pretraining run to join (the stage was cached, or "
-                     "the flow stopped before it): nothing to do", args.rdzv_id)
+            log.info(
+                "node 0's flow for run %s ended without a pretraining run to join (the stage was cached, or "
+                "the flow stopped before it): nothing to do",
+                args.rdzv_id,
+            )
             return
         log.info("joining run %s as node %d: %s", args.rdzv_id, args.node_rank, found["out"])
         join(Path(found["spec"]), Path(found["out"]), args.node_rank, args.nproc_per_node)
         return
-    p = argparse.ArgumentParser(prog="python -m tasks.pretrain",
-                                description="Start this node's pretraining ranks of a multi-node run.")
+    p = argparse.ArgumentParser(
+        prog="python -m tasks.pretrain",
+        description="Start this node's pretraining ranks of a multi-node run.",
+    )
     p.add_argument("--spec", required=True, help="run_spec.json of the run (written by node 0's stage)")
     p.add_argument("--out", required=True, help="the stage folder (shared storage; node 0 writes into it)")
     p.add_argument("--node-rank", type=int, required=True)

@@ -52,5 +52,3 @@ class MetricSink:
     def close(self) -> None:
         self.flush()
         self.fh.close()
-
-

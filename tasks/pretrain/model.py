@@ -28,7 +28,9 @@ class ModelDials:
     init_std: float = 0.02
 
 
-def llama_config(dials: ModelDials, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> LlamaConfig:
+def llama_config(
+    dials: ModelDials, bos_id: int | None, eos_id: int | None, pad_id: int | None
+) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=dials.vocab_size,
         hidden_size=dials.d_model,

@@ -39,7 +39,9 @@ def setup(cfg: PretrainConfig) -> Dist:
         torch.backends.cudnn.allow_tf32 = True
     if "RANK" in os.environ:
         dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank{rank}] %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s [rank{rank}] %(message)s", datefmt="%H:%M:%S"
+    )
     return Dist(rank, local_rank, world, device)
 
 
@@ -67,7 +69,11 @@ def wrap(model: torch.nn.Module, cfg: PretrainConfig, d: Dist) -> torch.nn.Modul
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, gradient_as_bucket_view=True)
+        return DDP(
+            model,
+            device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+        )
     return model
 
 
@@ -96,7 +102,10 @@ def load_state(model, optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     set_state_dict(
-        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
         options=StateDictOptions(full_state_dict=True),
     )
 
@@ -108,5 +117,3 @@ def param_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-

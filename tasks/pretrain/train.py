@@ -83,7 +83,10 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, d: Dist) -> torc
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=d.device.type == "cuda" and cfg.parallel == "ddp"
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=d.device.type == "cuda" and cfg.parallel == "ddp",
     )
 
 
@@ -101,11 +104,21 @@ class Trainer:
         index = read_index(tokens_dir)
         tok = self.tokenizer
         vocab = max(len(tok), int(index["vocab_size"]))
-        ids = {k: _first_set(getattr(tok, f"{k}_token_id", None), index.get(f"{k}_id")) for k in ("bos", "eos", "pad")}
+        ids = {
+            k: _first_set(getattr(tok, f"{k}_token_id", None), index.get(f"{k}_id"))
+            for k in ("bos", "eos", "pad")
+        }
         dials = ModelDials(
-            vocab_size=vocab, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
-            n_kv_heads=cfg.n_kv_heads, intermediate_size=cfg.ffn_size(), seq_len=cfg.seq_len,
-            tie_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta, init_std=cfg.init_std,
+            vocab_size=vocab,
+            n_layers=cfg.n_layers,
+            d_model=cfg.d_model,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
+            intermediate_size=cfg.ffn_size(),
+            seq_len=cfg.seq_len,
+            tie_embeddings=cfg.tie_embeddings,
+            rope_theta=cfg.rope_theta,
+            init_std=cfg.init_std,
         )
         self.hf_config = llama_config(dials, ids["bos"], ids["eos"], ids["pad"])
         raw = build_model(self.hf_config, cfg.seed).to(d.device)
@@ -134,7 +147,9 @@ class Trainer:
         n_val = min(len(self.val) if self.val else 0, cfg.eval_tokens // cfg.seq_len) // d.world * d.world
         self.val_idx = val_indices(n_val, d.rank, d.world) if n_val else None
         if self.val_idx is None and d.main:
-            log.warning("no held-out windows of %d tokens in tokens/val: validation is skipped", cfg.seq_len + 1)
+            log.warning(
+                "no held-out windows of %d tokens in tokens/val: validation is skipped", cfg.seq_len + 1
+            )
 
         self.ckpt_root = out / ckpt.CHECKPOINT_DIR
         self.step = 0
@@ -179,10 +194,17 @@ class Trainer:
             rngs = [ckpt.rng_state()]
         if self.d.main:
             state = {
-                "model": model_sd, "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(),
-                "step": self.step, "rng": rngs,
-                "data": {"seed": self.cfg.seed, "n_windows": len(self.train),
-                         "global_seqs": self.cfg.global_batch_seqs, "samples_seen": self.step * self.cfg.global_batch_seqs},
+                "model": model_sd,
+                "optimizer": optim_sd,
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "rng": rngs,
+                "data": {
+                    "seed": self.cfg.seed,
+                    "n_windows": len(self.train),
+                    "global_seqs": self.cfg.global_batch_seqs,
+                    "samples_seen": self.step * self.cfg.global_batch_seqs,
+                },
                 "world_size": self.d.world,
             }
             path = ckpt.save_checkpoint(self.ckpt_root, self.step, state, self.cfg.keep_checkpoints)
@@ -267,7 +289,9 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed + self.step)  # the same on every rank: FSDP ranks generate in lockstep
             for prompt in cfg.sample_prompts:
-                ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(self.d.device)
+                ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(
+                    self.d.device
+                )
                 with self.autocast():
                     seq = model.generate(ids, generation_config=gen, attention_mask=torch.ones_like(ids))
                 text = self.tokenizer.decode(seq[0], skip_special_tokens=False)
@@ -297,15 +321,33 @@ class Trainer:
         if d.main:
             sink = MetricSink(self.out / "metrics.jsonl", logger, self.step)
             truncate_jsonl(self.out / "samples.jsonl", self.step)
-            logger.set_tags({"pretrain.world_size": d.world, "pretrain.device": d.device.type,
-                             "pretrain.peak_flops_source": peak_source, "pretrain.resumed_from_step": self.resumed_from})
-            logger.log_params({"model.n_params": self.n_params, "model.vocab_size": self.hf_config.vocab_size,
-                               "model.flops_per_token": self.flops_per_token})
+            logger.set_tags(
+                {
+                    "pretrain.world_size": d.world,
+                    "pretrain.device": d.device.type,
+                    "pretrain.peak_flops_source": peak_source,
+                    "pretrain.resumed_from_step": self.resumed_from,
+                }
+            )
+            logger.log_params(
+                {
+                    "model.n_params": self.n_params,
+                    "model.vocab_size": self.hf_config.vocab_size,
+                    "model.flops_per_token": self.flops_per_token,
+                }
+            )
             log.info(
                 "model: %.2fM parameters, %.3g FLOPs/token; %d rank(s) x %d seqs (micro %d) of %d tokens per step; "
                 "%d train windows; peak %.3g FLOP/s (%s)",
-                self.n_params / 1e6, self.flops_per_token, d.world, self.per_rank, self.micro, cfg.seq_len,
-                len(self.train), total_peak, peak_source,
+                self.n_params / 1e6,
+                self.flops_per_token,
+                d.world,
+                self.per_rank,
+                self.micro,
+                cfg.seq_len,
+                len(self.train),
+                total_peak,
+                peak_source,
             )
         tokens_per_step = cfg.global_batch_tokens
         last_loss, val, session_steps, first_done = float("nan"), {}, 0, 0.0
@@ -318,8 +360,15 @@ class Trainer:
             dt = time.perf_counter() - t0
             last_loss = loss
             flops = self.flops_per_token * tokens_per_step / dt
-            row = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_step / dt,
-                   "flops_per_s": flops, "mfu": flops / total_peak, "epoch": self.batches.epoch_of(self.step)}
+            row = {
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_step / dt,
+                "flops_per_s": flops,
+                "mfu": flops / total_peak,
+                "epoch": self.batches.epoch_of(self.step),
+            }
             if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
                 val = self.evaluate()
                 row.update(val)
@@ -328,7 +377,14 @@ class Trainer:
                 if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
                     log.info(
                         "step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | %.3g FLOP/s | MFU %.1f%%%s",
-                        self.step, cfg.max_steps, loss, lr, grad_norm, row["tokens_per_s"], flops, 100 * row["mfu"],
+                        self.step,
+                        cfg.max_steps,
+                        loss,
+                        lr,
+                        grad_norm,
+                        row["tokens_per_s"],
+                        flops,
+                        100 * row["mfu"],
                         f" | val {val['val_loss']:.4f}" if "val_loss" in row else "",
                     )
                     sink.flush()
@@ -340,7 +396,9 @@ class Trainer:
             first_done = first_done or time.perf_counter()
         # effective throughput: wall clock after the (warm-up) first step, logging, eval and checkpoints included
         loop_seconds = time.perf_counter() - first_done if first_done else 0.0
-        tokens_per_s = (session_steps - 1) * tokens_per_step / loop_seconds if session_steps > 1 else float("nan")
+        tokens_per_s = (
+            (session_steps - 1) * tokens_per_step / loop_seconds if session_steps > 1 else float("nan")
+        )
         self.record_samples(self.samples(), logger)
         if sink:
             sink.close()
@@ -351,13 +409,24 @@ class Trainer:
         if d.main:
             self.save_model(model_sd)
         summary = {
-            "steps": self.step, "tokens": self.step * tokens_per_step, "final_loss": last_loss, **val,
-            "tokens_per_s": tokens_per_s, "flops_per_s": tokens_per_s * self.flops_per_token,
-            "mfu": tokens_per_s * self.flops_per_token / total_peak, "peak_flops": total_peak,
-            "peak_flops_source": peak_source, "n_params": self.n_params, "flops_per_token": self.flops_per_token,
-            "vocab_size": self.hf_config.vocab_size, "world_size": d.world, "micro_batch": self.micro,
-            "device": d.device.type, "parallel": cfg.parallel if d.world > 1 else "single",
-            "resumed_from_step": self.resumed_from, "replica_digests": digests,
+            "steps": self.step,
+            "tokens": self.step * tokens_per_step,
+            "final_loss": last_loss,
+            **val,
+            "tokens_per_s": tokens_per_s,
+            "flops_per_s": tokens_per_s * self.flops_per_token,
+            "mfu": tokens_per_s * self.flops_per_token / total_peak,
+            "peak_flops": total_peak,
+            "peak_flops_source": peak_source,
+            "n_params": self.n_params,
+            "flops_per_token": self.flops_per_token,
+            "vocab_size": self.hf_config.vocab_size,
+            "world_size": d.world,
+            "micro_batch": self.micro,
+            "device": d.device.type,
+            "parallel": cfg.parallel if d.world > 1 else "single",
+            "resumed_from_step": self.resumed_from,
+            "replica_digests": digests,
             "session_seconds": time.perf_counter() - started,
         }
         if d.main:
@@ -389,7 +458,9 @@ class Trainer:
         if self.cfg.parallel == "fsdp" and self.d.world > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         return unwrap(self.model).state_dict() if self.d.main else {}
 
     def save_model(self, model_sd: dict[str, torch.Tensor]) -> None:

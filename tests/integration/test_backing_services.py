@@ -23,7 +23,9 @@ FLOW_RUN_TIMEOUT_S = float(os.environ.get("LMFORGE_IT_FLOW_TIMEOUT", "900"))
 MAKE = ["make", "--no-print-directory", "-o", ".venv/.installed"]  # never reinstall from inside a test
 
 
-async def _run_and_wait(api: str, deployment: str, timeout: float, logs, parameters: dict | None = None) -> tuple:
+async def _run_and_wait(
+    api: str, deployment: str, timeout: float, logs, parameters: dict | None = None
+) -> tuple:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.objects import TERMINAL_STATES
@@ -58,7 +60,9 @@ async def _shard_task_runs(api: str) -> dict[str, str]:
 
     with temporary_settings(updates={PREFECT_API_URL: api}):
         async with get_client() as client:
-            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-")))
+            runs = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-"))
+            )
     return {r.name: r.state_type.value for r in runs}
 
 
@@ -123,8 +127,12 @@ def test_smoke_deployment_runs_on_postgres_backed_servers(services: Services):
         services.prefect_api, "data/tiny-dask", FLOW_RUN_TIMEOUT_S, services.logs,
         parameters={"preset": "smoke", "overrides": overrides},
     ))  # fmt: skip
-    print(f"data/tiny-dask (smoke data on a 2-worker LocalCluster) via the worker: {time.perf_counter() - t0:.1f} s")
-    assert data_run.state.is_completed(), f"{data_run.state_name}: {data_run.state.message}\n{tails(services.logs)}"
+    print(
+        f"data/tiny-dask (smoke data on a 2-worker LocalCluster) via the worker: {time.perf_counter() - t0:.1f} s"
+    )
+    assert data_run.state.is_completed(), (
+        f"{data_run.state_name}: {data_run.state.message}\n{tails(services.logs)}"
+    )
     shard_runs = asyncio.run(_shard_task_runs(services.prefect_api))
     for stage in ("filter", "dedup", "scrub"):
         assert [shard_runs.get(f"{stage}-shard-{i:05d}") for i in range(4)] == ["COMPLETED"] * 4, shard_runs

@@ -17,15 +17,24 @@ from huggingface_hub import ModelCard
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from conf.evaluate import EvaluateConfig, ExportConfig
+from conf.evaluate import EvaluateConfig
+from conf.export import ExportConfig
 from tasks import evaluate as ev
-from tasks import model_card as mc
+from tasks import export as mc
 from tasks.common.stage import StageSpec, run_stage
 from tasks.common.tracking import MetricLogger, Tracker
 from tests.eval_lineage import build_lineage
 
-EVAL = EvaluateConfig(block_size=64, max_val_tokens=1024, max_prompts=4, max_new_tokens=8, max_pref_pairs=8,
-                      sample_prompts=["Summarize json."], decodings=["greedy", "top_p"], sample_max_new_tokens=6)
+EVAL = EvaluateConfig(
+    block_size=64,
+    max_val_tokens=1024,
+    max_prompts=4,
+    max_new_tokens=8,
+    max_pref_pairs=8,
+    sample_prompts=["Summarize json."],
+    decodings=["greedy", "top_p"],
+    sample_max_new_tokens=6,
+)
 NAME = "lmforge-card-test"
 
 
@@ -37,12 +46,16 @@ def exported(tmp_path_factory, mlflow_uri):
     stages = build_lineage(root, tracker, parent.run_id, sft_steps=20)
     cfg = SimpleNamespace(evaluate=EVAL, export=ExportConfig(registered_model_name=NAME))
     spec = StageSpec("evaluate", ev.evaluate, "evaluate", ev.INPUTS, ev.STAGE_VERSION, gate=ev.gate)
-    stages["evaluate"] = run_stage(spec, cfg, {k: stages[k] for k in ev.INPUTS}, root, tracker, parent.run_id).manifest
+    stages["evaluate"] = run_stage(
+        spec, cfg, {k: stages[k] for k in ev.INPUTS}, root, tracker, parent.run_id
+    ).manifest
     spec = StageSpec("export", mc.export, "export", tuple(stages), mc.STAGE_VERSION)
     result = run_stage(spec, cfg, dict(stages), root, tracker, parent.run_id)
     tracker.end(parent)
     card = ModelCard.load(result.manifest.dir / "model" / "README.md")
-    return SimpleNamespace(stages=stages, manifest=result.manifest, card=card, client=MlflowClient(mlflow_uri))
+    return SimpleNamespace(
+        stages=stages, manifest=result.manifest, card=card, client=MlflowClient(mlflow_uri)
+    )
 
 
 def section(card: ModelCard, title: str) -> str:
@@ -75,7 +88,7 @@ def test_card_numbers_equal_the_logged_metrics(exported):
 
 def test_training_procedure_comes_from_mlflow_params(exported):
     text = section(exported.card, "Training procedure")
-    for stage in ("train_tokenizer", "pretrain", "sft", "reward", "ppo"):
+    for stage in ("tokenizer", "pretrain", "sft", "reward", "ppo"):
         m = exported.stages[stage]
         assert f"### {stage}" in text and f"MLflow run `{m.mlflow_run_id}`" in text
     pretrain = text[text.index("### pretrain") : text.index("### sft")]
@@ -88,11 +101,14 @@ def test_training_procedure_comes_from_mlflow_params(exported):
 def test_training_data_compute_and_lineage(exported):
     data = section(exported.card, "Training data")
     assert "kind=pydocs" in data and "exact_duplicates=3" in data and "pii_email=4" in data
-    assert "| train_tokenizer | decontaminated_docs | 2 |" in data
+    assert "| tokenizer | decontaminated_docs | 2 |" in data
     compute = section(exported.card, "Compute")
     pre = exported.stages["pretrain"]
     per_token = float(exported.client.get_run(pre.mlflow_run_id).data.params["model.flops_per_token"])
-    assert f"| training FLOPs = model.flops_per_token x tokens | {per_token * pre.counts['tokens']:.6g} |" in compute
+    assert (
+        f"| training FLOPs = model.flops_per_token x tokens | {per_token * pre.counts['tokens']:.6g} |"
+        in compute
+    )
     assert f"| final/flops_per_s | {pre.metrics['final/flops_per_s']:.6g} |" in compute
     assert "| pretrain | 2.5 | world_size=1, device=cpu |" in compute  # manifest extra + run tag
     assert "| evaluate |" in compute and "CPU" in compute  # evaluate records its own hardware
@@ -120,7 +136,10 @@ def test_model_is_registered_with_its_lineage(exported, tmp_path):
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path))
     assert (Path(local) / "README.md").exists()
     model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True)
-    assert model.config.eos_token_id == json.loads((ppo.dir / "model" / "config.json").read_text())["eos_token_id"]
+    assert (
+        model.config.eos_token_id
+        == json.loads((ppo.dir / "model" / "config.json").read_text())["eos_token_id"]
+    )
 
 
 def test_exported_folder_loads_and_holds_the_ppo_weights(exported):
@@ -134,8 +153,9 @@ def test_exported_folder_loads_and_holds_the_ppo_weights(exported):
     assert gen.eos_token_id == tok.eos_token_id and tok.chat_template
     ours, theirs = load_file(folder / "model.safetensors"), load_file(ppo / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
 

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from conf.pii import PiiConfig
+from conf.scrub import ScrubConfig
 from tasks.common.artifacts import Manifest
 from tasks.common.data import Document, read_shard
 from tasks.common.shards import (
@@ -32,8 +32,8 @@ from tasks.common.shards import (
 )
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
-from tasks.pii.detect import Span, placeholder, redact, scrubbed_offsets
-from tasks.pii.parallel import batched, find_batches, worker_pool
+from tasks.scrub.detect import Span, placeholder, redact, scrubbed_offsets
+from tasks.scrub.parallel import batched, find_batches, worker_pool
 
 log = logging.getLogger(__name__)
 STAGE_VERSION = 2  # 2: output shard i is what input shard i became
@@ -63,7 +63,7 @@ class Tally:
     samples: list[dict] = field(default_factory=list)
     sampled: Counter[str] = field(default_factory=Counter)
 
-    def add(self, doc_id: str, original: str, scrubbed: str, spans: list[Span], cfg: PiiConfig) -> None:
+    def add(self, doc_id: str, original: str, scrubbed: str, spans: list[Span], cfg: ScrubConfig) -> None:
         self.docs += 1
         self.n_bytes += len(original.encode("utf-8"))
         if not spans:
@@ -74,8 +74,9 @@ class Tally:
             if self.sampled[sp.type] < cfg.samples_per_type:
                 self.sampled[sp.type] += 1
                 context = sample_context(scrubbed, s, e, cfg.sample_context)
-                self.samples.append({"id": doc_id, "type": sp.type, "placeholder": placeholder(sp.type),
-                                     "context": context})
+                self.samples.append(
+                    {"id": doc_id, "type": sp.type, "placeholder": placeholder(sp.type), "context": context}
+                )
 
 
 @dataclass
@@ -89,7 +90,7 @@ class ScrubPart:
     seconds: float
 
 
-def scrub_shard(cfg: PiiConfig, out: Path, job: ShardJob, pool: Any = None) -> ScrubPart:
+def scrub_shard(cfg: ScrubConfig, out: Path, job: ShardJob, pool: Any = None) -> ScrubPart:
     """Scrub one input shard into output shard `job.index` (+ its redactions part), then rescan what it wrote."""
     started = time.perf_counter()
     tally = Tally()
@@ -108,7 +109,11 @@ def scrub_shard(cfg: PiiConfig, out: Path, job: ShardJob, pool: Any = None) -> S
 
 
 def scrub(
-    cfg: PiiConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger, map_shards: ShardMap | None = None
+    cfg: ScrubConfig,
+    inputs: dict[str, Manifest],
+    out: Path,
+    log_: MetricLogger,
+    map_shards: ShardMap | None = None,
 ) -> StageReport:
     """Scrub every input shard, then merge the tallies and the redactions into one report.
 
@@ -158,8 +163,15 @@ def scrub(
     if samples:
         log_.log_table({k: [s[k] for s in samples] for k in ("id", "type", "context")}, "pii_samples.json")
     mb = tally.n_bytes / 1e6
-    log.info("scrub: %d documents, %d with PII, %d spans %s; %d left after rescan; %.1f MB/s",
-             docs, with_pii, total, dict(by_type), pii_left, mb / scrub_seconds if scrub_seconds else 0.0)
+    log.info(
+        "scrub: %d documents, %d with PII, %d spans %s; %d left after rescan; %.1f MB/s",
+        docs,
+        with_pii,
+        total,
+        dict(by_type),
+        pii_left,
+        mb / scrub_seconds if scrub_seconds else 0.0,
+    )
     return StageReport(
         counts={
             "documents": docs,
@@ -178,7 +190,7 @@ def scrub(
     )
 
 
-def leak_check(shards: list[Path], cfg: PiiConfig, pool: Any = None) -> tuple[Counter[str], list[str]]:
+def leak_check(shards: list[Path], cfg: ScrubConfig, pool: Any = None) -> tuple[Counter[str], list[str]]:
     """Scan written shards again: PII still detectable by type, and (some of) the documents holding it."""
     left: Counter[str] = Counter()
     ids: list[str] = []
@@ -193,10 +205,12 @@ def leak_check(shards: list[Path], cfg: PiiConfig, pool: Any = None) -> tuple[Co
     return left, ids
 
 
-def gate(cfg: PiiConfig, manifest: Manifest) -> str | None:
+def gate(cfg: ScrubConfig, manifest: Manifest) -> str | None:
     left = manifest.counts.get("pii_left", 0)
     if left > cfg.max_pii_left:
         where = ", ".join(manifest.extra.get("leak_documents", [])[:5])
-        return (f"the rescan of the scrubbed documents still finds {left} PII span(s) (documents {where}), "
-                f"more than pii.max_pii_left={cfg.max_pii_left}; see {REPORT} in the stage folder")
+        return (
+            f"the rescan of the scrubbed documents still finds {left} PII span(s) (documents {where}), "
+            f"more than pii.max_pii_left={cfg.max_pii_left}; see {REPORT} in the stage folder"
+        )
     return None

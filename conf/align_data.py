@@ -1,4 +1,4 @@
-"""Configs of the alignment stages: `align_data` (instruction and preference pairs), `sft`, `reward`.
+"""Config of the `align_data` stage: instruction and preference pairs for the alignment stages.
 
 Defaults suit the `tiny` preset (CPU, the whole lifecycle in minutes); bigger presets override them.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,10 +31,15 @@ class DatasetSource(BaseModel):
     name: str | None = Field(None, description="Hub dataset config name.")
     split: str = Field("train", description="Hub dataset split to read.")
     revision: str | None = Field(None, description="Hub dataset revision (pin it: the cache keys on it).")
-    label: str | None = Field(None, description="Name used in ids and counts; default: the file stem / dataset id.")
+    label: str | None = Field(
+        None, description="Name used in ids and counts; default: the file stem / dataset id."
+    )
     max_rows: int | None = Field(None, gt=0, description="Read at most this many rows.")
     eval_fraction: float | None = Field(
-        None, ge=0, lt=1, description="Share of rows held out (by prompt hash); default: align_data.eval_fraction."
+        None,
+        ge=0,
+        lt=1,
+        description="Share of rows held out (by prompt hash); default: align_data.eval_fraction.",
     )
 
     @property
@@ -50,7 +55,8 @@ class DatasetSource(BaseModel):
 class AlignDataConfig(StageConfig):
     builtin: bool = Field(True, description="Build instruction/preference pairs from the pydocs documents.")
     kinds: list[Literal["function", "method", "class", "module"]] = Field(
-        default_factory=lambda: ["function", "method", "class", "module"], min_length=1,
+        default_factory=lambda: ["function", "method", "class", "module"],
+        min_length=1,
         description="pydocs object kinds that become prompts.",
     )
     eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of modules held out for evaluation.")
@@ -67,7 +73,9 @@ class AlignDataConfig(StageConfig):
         "the right summary cut short, or its sentences (or words) shuffled.",
     )
     sft_datasets: list[DatasetSource] = Field(default_factory=list, description="User SFT datasets, added.")
-    pref_datasets: list[DatasetSource] = Field(default_factory=list, description="User preference datasets, added.")
+    pref_datasets: list[DatasetSource] = Field(
+        default_factory=list, description="User preference datasets, added."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AlignDataConfig:
@@ -76,7 +84,9 @@ class AlignDataConfig(StageConfig):
         if self.min_response_chars >= self.max_response_chars:
             raise ValueError("min_response_chars must be below max_response_chars")
         if not self.builtin and not self.sft_datasets and not self.pref_datasets:
-            raise ValueError("builtin is false and no sft_datasets/pref_datasets are given: there would be no data")
+            raise ValueError(
+                "builtin is false and no sft_datasets/pref_datasets are given: there would be no data"
+            )
         return self
 
     def result_fields(self) -> dict[str, Any]:
@@ -90,54 +100,3 @@ class AlignDataConfig(StageConfig):
         if files:
             data["_dataset_sha256"] = files
         return data
-
-
-class TrainLoop(StageConfig):
-    """Optimisation knobs shared by the sft and reward stages."""
-
-    NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset(
-        {"logging_steps", "eval_steps", "eval_batch_size", "threads"}
-    )
-
-    learning_rate: float = Field(1e-3, gt=0)
-    epochs: float = Field(1.0, gt=0, description="Passes over the training pairs (unless max_steps is set).")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(16, gt=0, description="Examples (or pairs) per device per step.")
-    grad_accum: int = Field(1, gt=0)
-    max_length: int = Field(384, ge=16, description="Token cap per sequence.")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    seed: int = 0
-    bf16: bool | None = Field(None, description="None: bf16 on a GPU that supports it, fp32 on CPU.")
-    max_train_samples: int | None = Field(None, gt=0, description="Use at most this many training rows.")
-    max_eval_samples: int | None = Field(200, gt=0, description="Rows used for the eval loss during training.")
-    logging_steps: int = Field(10, gt=0)
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; default: 5 x logging_steps.")
-    eval_batch_size: int = Field(32, gt=0)
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's (all cores).")
-
-
-class SftConfig(TrainLoop):
-    lora_r: int = Field(16, gt=0, description="LoRA rank.")
-    lora_alpha: int = Field(32, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        min_length=1, description="Module names that get LoRA adapters.",
-    )
-    epochs: float = Field(2.0, gt=0)
-    learning_rate: float = Field(2e-3, gt=0)
-
-
-class RewardConfig(TrainLoop):
-    learning_rate: float = Field(3e-4, gt=0)
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(16, gt=0, description="Preference pairs per device per step.")
-    max_length: int = Field(512, ge=16, description="Pairs longer than this are left out of training.")
-    center_rewards_coefficient: float | None = Field(
-        0.01, ge=0, description="Pushes rewards toward mean zero (helps PPO's scale); None turns it off."
-    )
-    min_eval_accuracy: float = Field(
-        0.6, ge=0, le=1, description="Quality gate: held-out pair accuracy must reach this."
-    )

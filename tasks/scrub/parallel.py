@@ -12,15 +12,15 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from conf.pii import PiiConfig
-from tasks.pii.detect import Scrubber, Span
+from conf.scrub import ScrubConfig
+from tasks.scrub.detect import Scrubber, Span
 
 _SCRUBBER: Scrubber | None = None
 
 
 def _init(cfg_data: dict[str, Any]) -> None:
     global _SCRUBBER
-    _SCRUBBER = Scrubber.from_config(PiiConfig.model_validate(cfg_data))
+    _SCRUBBER = Scrubber.from_config(ScrubConfig.model_validate(cfg_data))
 
 
 def _find_batch(texts: list[str]) -> list[list[Span]]:
@@ -29,7 +29,7 @@ def _find_batch(texts: list[str]) -> list[list[Span]]:
 
 
 @contextlib.contextmanager
-def worker_pool(cfg: PiiConfig) -> Iterator[Any]:
+def worker_pool(cfg: ScrubConfig) -> Iterator[Any]:
     """A pool of `cfg.workers` spawned processes (None for 1: work in-process), reusable across passes.
 
     Spawned, not forked (the parent may hold Prefect/MLflow threads and locks), so a script that runs
@@ -43,7 +43,7 @@ def worker_pool(cfg: PiiConfig) -> Iterator[Any]:
 
 
 def find_batches(
-    batches: Iterable[tuple[Any, list[str]]], cfg: PiiConfig, pool: Any = None
+    batches: Iterable[tuple[Any, list[str]]], cfg: ScrubConfig, pool: Any = None
 ) -> Iterator[tuple[Any, list[list[Span]]]]:
     """For each `(payload, texts)`, yield `(payload, spans of each text)` in input order.
 

@@ -20,12 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from conf.pii import ENTITY_TYPES, PiiConfig
-from tasks.pii.detect import redact
-from tasks.pii.parallel import batched, find_batches
+from conf.scrub import ENTITY_TYPES, ScrubConfig
+from tasks.scrub.detect import redact
+from tasks.scrub.parallel import batched, find_batches
 
 
-def _records(fh: IO[str], name: str, text_field: str, bad: list[int], err: IO[str]) -> Iterator[dict[str, Any]]:
+def _records(
+    fh: IO[str], name: str, text_field: str, bad: list[int], err: IO[str]
+) -> Iterator[dict[str, Any]]:
     for lineno, line in enumerate(fh, 1):
         if not line.strip():
             continue
@@ -45,7 +47,9 @@ def _records(fh: IO[str], name: str, text_field: str, bad: list[int], err: IO[st
         print(f"{name}:{lineno}: {problem}; line skipped", file=err)
 
 
-def scrub_jsonl(src: str, dst: str, cfg: PiiConfig, text_field: str = "text", err: IO[str] | None = None) -> dict:
+def scrub_jsonl(
+    src: str, dst: str, cfg: ScrubConfig, text_field: str = "text", err: IO[str] | None = None
+) -> dict:
     """Scrub `src` into `dst` (paths or `-`); returns a summary: records, with_pii, by_type, bad_lines."""
     err = err or sys.stderr  # looked up per call: sys.stderr may have been replaced since import
     bad: list[int] = []
@@ -56,7 +60,9 @@ def scrub_jsonl(src: str, dst: str, cfg: PiiConfig, text_field: str = "text", er
         fout, tmp = sys.stdout, None
     else:
         Path(dst).resolve().parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=Path(dst).resolve().parent, prefix=f".{Path(dst).name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=Path(dst).resolve().parent, prefix=f".{Path(dst).name}.", suffix=".tmp"
+        )
         fout = os.fdopen(fd, "w", encoding="utf-8")
     try:
         recs = _records(fin, "<stdin>" if src == "-" else src, text_field, bad, err)
@@ -90,10 +96,15 @@ def add_arguments(p: Any) -> None:
     p.add_argument("input", help="JSONL file to read ('-': stdin)")
     p.add_argument("output", help="JSONL file to write ('-': stdout)")
     p.add_argument("--text-field", default="text", help="field holding the text to scrub (default: text)")
-    p.add_argument("--entities", help=f"comma-separated entity types (default: all: {','.join(ENTITY_TYPES)})")
+    p.add_argument(
+        "--entities", help=f"comma-separated entity types (default: all: {','.join(ENTITY_TYPES)})"
+    )
     p.add_argument("--phone-region", help="region for numbers without +country code (default: US; ZZ: none)")
-    p.add_argument("--phone-leniency", choices=["possible", "valid", "strict_grouping", "exact_grouping"],
-                   help="how sure the phone matcher must be (default: strict_grouping)")
+    p.add_argument(
+        "--phone-leniency",
+        choices=["possible", "valid", "strict_grouping", "exact_grouping"],
+        help="how sure the phone matcher must be (default: strict_grouping)",
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1; output is the same)")
 
 
@@ -109,7 +120,7 @@ def run(args: Any) -> int:
     if args.phone_leniency:
         fields["phone_leniency"] = args.phone_leniency
     try:
-        cfg = PiiConfig(**fields)
+        cfg = ScrubConfig(**fields)
     except ValidationError as e:
         for problem in e.errors():
             option = "--" + str(problem["loc"][0]).replace("_", "-") if problem["loc"] else "options"
@@ -121,6 +132,8 @@ def run(args: Any) -> int:
     summary = scrub_jsonl(args.input, args.output, cfg, args.text_field)
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary["by_type"].items())) or "none"
     note = f"; {len(summary['bad_lines'])} bad line(s) skipped" if summary["bad_lines"] else ""
-    print(f"scrubbed {summary['records']} records ({summary['with_pii']} with PII: {kinds}) -> {args.output}{note}",
-          file=sys.stderr)
+    print(
+        f"scrubbed {summary['records']} records ({summary['with_pii']} with PII: {kinds}) -> {args.output}{note}",
+        file=sys.stderr,
+    )
     return 1 if summary["bad_lines"] else 0

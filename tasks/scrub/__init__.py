@@ -4,7 +4,7 @@
 leak-check gate, `cli` the standalone `lmforge scrub IN.jsonl OUT.jsonl` tool.
 """
 
-from tasks.pii.detect import Scrubber, Span
-from tasks.pii.stage import STAGE_VERSION, gate, scrub
+from tasks.scrub.detect import Scrubber, Span
+from tasks.scrub.stage import STAGE_VERSION, gate, scrub
 
 __all__ = ["STAGE_VERSION", "Scrubber", "Span", "gate", "scrub"]

@@ -54,7 +54,7 @@ from functools import lru_cache
 
 import phonenumbers
 
-from conf.pii import ENTITY_TYPES, PiiConfig
+from conf.scrub import ENTITY_TYPES, ScrubConfig
 
 PRIORITY = {t: i for i, t in enumerate(ENTITY_TYPES)}
 
@@ -73,7 +73,9 @@ def placeholder(entity: str) -> str:
     return f"<{entity}>"
 
 
-def merge_spans(spans: Iterable[tuple[int, int]], before: int, after: int, size: int) -> list[tuple[int, int]]:
+def merge_spans(
+    spans: Iterable[tuple[int, int]], before: int, after: int, size: int
+) -> list[tuple[int, int]]:
     """Spans (sorted by start) widened by `before`/`after`, clipped to [0, size], overlaps merged."""
     out: list[list[int]] = []
     for s, e in spans:
@@ -123,7 +125,8 @@ _CONTEXT_WORDS = (
     r"version|versions|ver|v|release|rel|build|rev|revision|tag|section|sections|sec|chapter|figure|fig|§"
 )
 _VERSION_CTX = re.compile(
-    rf"(?:(?<![A-Za-z0-9])(?:{_CONTEXT_WORDS})_*\.?\s*(?:is\s+|[:=#]\s*)?[\"'(]?|(?<=[\w\]])\s*[=<>!~]=\s*)$", re.I
+    rf"(?:(?<![A-Za-z0-9])(?:{_CONTEXT_WORDS})_*\.?\s*(?:is\s+|[:=#]\s*)?[\"'(]?|(?<=[\w\]])\s*[=<>!~]=\s*)$",
+    re.I,
 )
 _ISBN_CTX = re.compile(r"\bISBN(?:-?1[03])?:?\s*$", re.I)
 _DATE = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})|(\d{1,2})([-/.])(\d{1,2})\5(\d{2}|\d{4})")
@@ -222,10 +225,21 @@ _CARD = re.compile(
 # UnionPay, Maestro.
 _ALL = tuple(range(13, 20))
 _IIN = (
-    ("4", "4", (13, 16, 19)), ("51", "55", (16,)), ("2221", "2720", (16,)), ("34", "34", (15,)),
-    ("37", "37", (15,)), ("6011", "6011", (16, 17, 18, 19)), ("644", "649", (16, 19)), ("65", "65", (16, 19)),
-    ("300", "305", (14, 16, 19)), ("36", "36", (14, 16, 19)), ("38", "39", (16, 19)),
-    ("3528", "3589", (16, 17, 18, 19)), ("62", "62", (16, 17, 18, 19)), ("50", "50", _ALL), ("56", "69", _ALL),
+    ("4", "4", (13, 16, 19)),
+    ("51", "55", (16,)),
+    ("2221", "2720", (16,)),
+    ("34", "34", (15,)),
+    ("37", "37", (15,)),
+    ("6011", "6011", (16, 17, 18, 19)),
+    ("644", "649", (16, 19)),
+    ("65", "65", (16, 19)),
+    ("300", "305", (14, 16, 19)),
+    ("36", "36", (14, 16, 19)),
+    ("38", "39", (16, 19)),
+    ("3528", "3589", (16, 17, 18, 19)),
+    ("62", "62", (16, 17, 18, 19)),
+    ("50", "50", _ALL),
+    ("56", "69", _ALL),
 )
 
 
@@ -271,15 +285,95 @@ def _ssns(text: str, ws: int, we: int) -> Iterator[tuple[int, int]]:
 
 # ---- IBAN_CODE -------------------------------------------------------------------------------------
 IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BI": 27,
-    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27, "DK": 18, "DO": 28,
-    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
-    "GL": 18, "GR": 27, "GT": 28, "HN": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
-    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21,
-    "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28,
-    "NL": 18, "NO": 15, "OM": 23, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22,
-    "RU": 33, "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25,
-    "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+    "AD": 24,
+    "AE": 23,
+    "AL": 28,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BI": 27,
+    "BR": 29,
+    "BY": 28,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DJ": 27,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FK": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HN": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IQ": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LC": 32,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "LY": 25,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MN": 20,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NI": 28,
+    "NL": 18,
+    "NO": 15,
+    "OM": 23,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "RU": 33,
+    "SA": 24,
+    "SC": 31,
+    "SD": 18,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "SO": 23,
+    "ST": 25,
+    "SV": 28,
+    "TL": 23,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VA": 22,
+    "VG": 24,
+    "XK": 20,
+    "YE": 30,
 }
 _IBAN_START = re.compile(r"([A-Z][A-Z])\d\d(?=[A-Z0-9]| [A-Z0-9])")
 
@@ -333,7 +427,9 @@ _LENIENCY = {
     "strict_grouping": phonenumbers.Leniency.STRICT_GROUPING,
     "exact_grouping": phonenumbers.Leniency.EXACT_GROUPING,
 }
-_DASHES = "\u2010-\u2015\u2212\u00a0"  # Unicode hyphens/dashes, minus, no-break space: phonenumbers takes them
+_DASHES = (
+    "\u2010-\u2015\u2212\u00a0"  # Unicode hyphens/dashes, minus, no-break space: phonenumbers takes them
+)
 _PAD_BEFORE, _PAD_AFTER = 8, 24  # room for "+", "(", "tel:" before and extensions/timestamps after
 
 
@@ -360,8 +456,15 @@ def _cut(span: tuple[int, int], blocked: list[tuple[int, int]]) -> Iterator[tupl
         yield s, e
 
 
-def _phones(text: str, windows: list[tuple[int, int]], region: str, leniency, min_digits: int, bare: bool,
-            claimed: list[tuple[int, int]]):
+def _phones(
+    text: str,
+    windows: list[tuple[int, int]],
+    region: str,
+    leniency,
+    min_digits: int,
+    bare: bool,
+    claimed: list[tuple[int, int]],
+):
     """Phone numbers, outside the spans other detectors `claimed` and outside decimal numbers.
 
     Cutting those out first keeps digit-dense text (IP lists, tables of decimals) away from the slow
@@ -369,7 +472,9 @@ def _phones(text: str, windows: list[tuple[int, int]], region: str, leniency, mi
     for real numbers.
     """
     hint = _phone_hint(min_digits)
-    blocked = sorted(claimed + [m.span() for ws, we in windows for m in _DECIMAL_TOKEN.finditer(text, ws, we)])
+    blocked = sorted(
+        claimed + [m.span() for ws, we in windows for m in _DECIMAL_TOKEN.finditer(text, ws, we)]
+    )
     spans = []
     for ws, we in windows:
         for m in hint.finditer(text, ws, we):
@@ -378,7 +483,9 @@ def _phones(text: str, windows: list[tuple[int, int]], region: str, leniency, mi
                 if piece is None:
                     continue
                 raw = piece.group()
-                if (not bare and raw.isdigit() and text[piece.start() - 1 : piece.start()] != "+") or _is_date(raw):
+                if (
+                    not bare and raw.isdigit() and text[piece.start() - 1 : piece.start()] != "+"
+                ) or _is_date(raw):
                     continue  # cheap rejections before the (slow) matcher: bare digit runs, dates
                 spans.append(piece.span())
     for ws, we in merge_spans(spans, _PAD_BEFORE, _PAD_AFTER, len(text)):
@@ -407,8 +514,14 @@ def resolve(cands: Iterable[Span]) -> list[Span]:
 class Scrubber:
     """Finds PII spans and replaces them with `<TYPE>`. Build once, reuse (patterns are module-level)."""
 
-    def __init__(self, entities: Iterable[str] = ENTITY_TYPES, phone_region: str = "US",
-                 phone_leniency: str = "strict_grouping", phone_min_digits: int = 7, phone_bare_digits: bool = False):
+    def __init__(
+        self,
+        entities: Iterable[str] = ENTITY_TYPES,
+        phone_region: str = "US",
+        phone_leniency: str = "strict_grouping",
+        phone_min_digits: int = 7,
+        phone_bare_digits: bool = False,
+    ):
         self.entities = frozenset(entities)
         unknown = self.entities - set(ENTITY_TYPES)
         if unknown:
@@ -423,8 +536,10 @@ class Scrubber:
         self._num_run = re.compile(rf"\d[\d.\-/() {_DASHES}]{{{shortest - 2},}}\d")
 
     @classmethod
-    def from_config(cls, cfg: PiiConfig) -> Scrubber:
-        return cls(cfg.entities, cfg.phone_region, cfg.phone_leniency, cfg.phone_min_digits, cfg.phone_bare_digits)
+    def from_config(cls, cfg: ScrubConfig) -> Scrubber:
+        return cls(
+            cfg.entities, cfg.phone_region, cfg.phone_leniency, cfg.phone_min_digits, cfg.phone_bare_digits
+        )
 
     def find(self, text: str) -> list[Span]:
         """Every PII span of the selected types, overlaps resolved, sorted by start."""
@@ -450,7 +565,9 @@ class Scrubber:
                     cands += [Span("IP_ADDRESS", s, e) for s, e in _ipv4s(text, ws, we)]
             if has("PHONE_NUMBER") and windows:
                 claimed = [(c.start, c.end) for c in cands]
-                found = _phones(text, windows, self.region, self.leniency, self.min_digits, self.bare_digits, claimed)
+                found = _phones(
+                    text, windows, self.region, self.leniency, self.min_digits, self.bare_digits, claimed
+                )
                 cands += [Span("PHONE_NUMBER", s, e) for s, e in found]
         return resolve(cands) if cands else []
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from conf.pii import PiiConfig
 from conf.schema import PipelineConfig
+from conf.scrub import ScrubConfig
 from flows.cli import main as cli_main
 from flows.stages import STAGES
 from tasks.common.data import Document, ShardWriter, read_documents
 from tasks.common.stage import QualityGateError, check_gate, run_stage
 from tasks.common.tracking import MetricLogger
-from tasks.pii import Scrubber, Span, gate
-from tasks.pii.detect import card_ok, iban_ok, luhn_ok, resolve, scrubbed_offsets, ssn_ok
-from tasks.pii.stage import REDACTIONS, REPORT, leak_check
+from tasks.scrub import Scrubber, Span, gate
+from tasks.scrub.detect import card_ok, iban_ok, luhn_ok, resolve, scrubbed_offsets, ssn_ok
+from tasks.scrub.stage import REDACTIONS, REPORT, leak_check
 from tests.helpers import documents_stage, seal
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,10 @@ def test_digit_dense_text_and_unicode_separators():
     assert [s.type for s in SCRUBBER.find(ips)] == ["IP_ADDRESS"] * 500
     assert SCRUBBER.find(" ".join(f"{i / 7:.4f}" for i in range(500))) == []  # a table of decimals
     text = "call 415\u2013555\u20132671 or +1\u00a0415\u00a0555\u00a02671"
-    assert [text[s.start : s.end] for s in SCRUBBER.find(text)] == ["415\u2013555\u20132671", "+1\u00a0415\u00a0555\u00a02671"]
+    assert [text[s.start : s.end] for s in SCRUBBER.find(text)] == [
+        "415\u2013555\u20132671",
+        "+1\u00a0415\u00a0555\u00a02671",
+    ]
 
 
 def test_validators():
@@ -117,8 +120,16 @@ def test_validators():
     assert iban_ok("GB82WEST12345698765432") and not iban_ok("GB82WEST12345698765433")
     assert not iban_ok("GB82WEST1234569876543")  # wrong length for GB
     assert ssn_ok("536", "22", "1234")
-    assert not any(ssn_ok(*p) for p in [("000", "12", "3456"), ("666", "12", "3456"), ("950", "12", "3456"),
-                                          ("536", "00", "1234"), ("536", "22", "0000")])
+    assert not any(
+        ssn_ok(*p)
+        for p in [
+            ("000", "12", "3456"),
+            ("666", "12", "3456"),
+            ("950", "12", "3456"),
+            ("536", "00", "1234"),
+            ("536", "22", "0000"),
+        ]
+    )
 
 
 def test_scrub_replaces_with_placeholders_and_offsets_point_into_original():
@@ -126,13 +137,24 @@ def test_scrub_replaces_with_placeholders_and_offsets_point_into_original():
     scrubbed, spans = SCRUBBER.scrub(text)
     assert scrubbed == "Mail <EMAIL_ADDRESS>, card <CREDIT_CARD>; host <IP_ADDRESS>."
     assert [(s.type, text[s.start : s.end]) for s in spans] == [
-        ("EMAIL_ADDRESS", "bob@corp.example.org"), ("CREDIT_CARD", "4111-1111-1111-1111"), ("IP_ADDRESS", "10.0.0.7")
+        ("EMAIL_ADDRESS", "bob@corp.example.org"),
+        ("CREDIT_CARD", "4111-1111-1111-1111"),
+        ("IP_ADDRESS", "10.0.0.7"),
     ]
-    assert [scrubbed[a:b] for a, b in scrubbed_offsets(spans)] == ["<EMAIL_ADDRESS>", "<CREDIT_CARD>", "<IP_ADDRESS>"]
+    assert [scrubbed[a:b] for a, b in scrubbed_offsets(spans)] == [
+        "<EMAIL_ADDRESS>",
+        "<CREDIT_CARD>",
+        "<IP_ADDRESS>",
+    ]
 
 
 def test_overlaps_resolve_longest_then_priority():
-    spans = [Span("PHONE_NUMBER", 0, 10), Span("IP_ADDRESS", 5, 20), Span("CREDIT_CARD", 5, 20), Span("US_SSN", 21, 25)]
+    spans = [
+        Span("PHONE_NUMBER", 0, 10),
+        Span("IP_ADDRESS", 5, 20),
+        Span("CREDIT_CARD", 5, 20),
+        Span("US_SSN", 21, 25),
+    ]
     assert resolve(spans) == [Span("CREDIT_CARD", 5, 20), Span("US_SSN", 21, 25)]
     # same digits seen by two detectors: the card wins the tie over the (bare-digit) phone
     both = Scrubber(phone_bare_digits=True, phone_leniency="possible")
@@ -155,13 +177,13 @@ def test_entity_selection_and_phone_options():
 
 def test_config_validation_names_the_key():
     with pytest.raises(ValidationError, match="phone_region"):
-        PiiConfig(phone_region="XX")
+        ScrubConfig(phone_region="XX")
     with pytest.raises(ValidationError, match="entities"):
-        PiiConfig(entities=["EMAIL_ADDRESS", "EMAIL_ADDRESS"])
+        ScrubConfig(entities=["EMAIL_ADDRESS", "EMAIL_ADDRESS"])
     with pytest.raises(ValidationError, match="entities"):
-        PiiConfig(entities=["PASSPORT"])
-    assert PiiConfig(phone_region="gb").phone_region == "GB"
-    a, b = PiiConfig(workers=1, batch_docs=8), PiiConfig(workers=4, batch_docs=64)
+        ScrubConfig(entities=["PASSPORT"])
+    assert ScrubConfig(phone_region="gb").phone_region == "GB"
+    a, b = ScrubConfig(workers=1, batch_docs=8), ScrubConfig(workers=4, batch_docs=64)
     assert a.result_fields() == b.result_fields()
 
 
@@ -169,11 +191,23 @@ def test_config_validation_names_the_key():
 PII_DOCS = [
     Document("a", "Contact alice@example.com or +1 415-555-2671 for access.", "t", {"module": "m1"}),
     Document("b", "No personal data here, just version 1.2.3.4 and 2023-01-15.", "t", {"module": "m2"}),
-    Document("c", "Refund to DE89 3704 0044 0532 0130 00, card 4111 1111 1111 1111, SSN 536-22-1234.", "t", {}),
-    Document("d", "Hosts 10.20.30.40 and 2001:db8::7 leak; mail bob@corp.example.org.", "t", {"module": "m3"}),
+    Document(
+        "c", "Refund to DE89 3704 0044 0532 0130 00, card 4111 1111 1111 1111, SSN 536-22-1234.", "t", {}
+    ),
+    Document(
+        "d", "Hosts 10.20.30.40 and 2001:db8::7 leak; mail bob@corp.example.org.", "t", {"module": "m3"}
+    ),
 ]
-RAW_PII = ["alice@example.com", "415-555-2671", "DE89 3704", "4111 1111", "536-22-1234", "10.20.30.40",
-           "2001:db8::7", "bob@corp.example.org"]
+RAW_PII = [
+    "alice@example.com",
+    "415-555-2671",
+    "DE89 3704",
+    "4111 1111",
+    "536-22-1234",
+    "10.20.30.40",
+    "2001:db8::7",
+    "bob@corp.example.org",
+]
 
 
 class Recorder(MetricLogger):
@@ -198,7 +232,7 @@ class Recorder(MetricLogger):
 
 def _run(tmp_path: Path, **pii) -> tuple:
     upstream = documents_stage(tmp_path / "up", PII_DOCS, stage="dedup")
-    cfg = PipelineConfig(pii=PiiConfig(**pii))
+    cfg = PipelineConfig(scrub=ScrubConfig(**pii))
     result = run_stage(STAGES["scrub"], cfg, {"dedup": upstream}, tmp_path / "artifacts")
     return result.manifest, list(read_documents(result.manifest))
 
@@ -208,11 +242,17 @@ def test_stage_scrubs_counts_and_reports_without_raw_pii(tmp_path):
     upstream = documents_stage(tmp_path / "up", PII_DOCS, stage="dedup")
     out = tmp_path / "out"
     out.mkdir()
-    report = STAGES["scrub"].fn(PiiConfig(), {"dedup": upstream}, out, rec)
+    report = STAGES["scrub"].fn(ScrubConfig(), {"dedup": upstream}, out, rec)
     assert report.counts["documents"] == 4 and report.counts["documents_with_pii"] == 3
     assert {k: v for k, v in report.counts.items() if k.startswith("pii_")} == {
-        "pii_total": 8, "pii_EMAIL_ADDRESS": 2, "pii_IBAN_CODE": 1, "pii_CREDIT_CARD": 1, "pii_US_SSN": 1,
-        "pii_IP_ADDRESS": 2, "pii_PHONE_NUMBER": 1, "pii_left": 0,
+        "pii_total": 8,
+        "pii_EMAIL_ADDRESS": 2,
+        "pii_IBAN_CODE": 1,
+        "pii_CREDIT_CARD": 1,
+        "pii_US_SSN": 1,
+        "pii_IP_ADDRESS": 2,
+        "pii_PHONE_NUMBER": 1,
+        "pii_left": 0,
     }
     docs = [json.loads(line) for line in (out / "documents" / "shard-00000.jsonl").read_text().splitlines()]
     assert [d["id"] for d in docs] == ["a", "b", "c", "d"] and docs[0]["meta"] == {"module": "m1"}
@@ -240,20 +280,20 @@ def test_stage_through_runner_with_workers_gives_same_output(tmp_path):
     assert m1.stage_hash == m2.stage_hash  # workers/batch_docs are not result-affecting
     assert [d.text for d in docs1] == [d.text for d in docs2]
     assert {n: e.sha256 for n, e in m1.files.items()} == {n: e.sha256 for n, e in m2.files.items()}
-    assert m1.counts["pii_left"] == 0 and gate(PiiConfig(), m1) is None
+    assert m1.counts["pii_left"] == 0 and gate(ScrubConfig(), m1) is None
 
 
 def test_leak_check_counts_pii_left_and_gate_fails(tmp_path):
     with ShardWriter(tmp_path) as w:  # a "scrubbed" output that still holds PII
         w.write_all(PII_DOCS)
-    left, ids = leak_check(w.paths, PiiConfig())
+    left, ids = leak_check(w.paths, ScrubConfig())
     assert sum(left.values()) == 8 and ids == ["a", "c", "d"]
     leaky = seal(tmp_path, "scrub", counts={"pii_left": 8}, extra={"leak_documents": ids})
-    message = gate(PiiConfig(), leaky)
+    message = gate(ScrubConfig(), leaky)
     assert message and "8 PII" in message and "pii.max_pii_left=0" in message and "a, c, d" in message
-    assert gate(PiiConfig(max_pii_left=8), leaky) is None
+    assert gate(ScrubConfig(max_pii_left=8), leaky) is None
     with pytest.raises(QualityGateError, match="scrub"):
-        check_gate(STAGES["scrub"], PiiConfig(), leaky)
+        check_gate(STAGES["scrub"], ScrubConfig(), leaky)
 
 
 # ---- the standalone CLI -----------------------------------------------------------------------------
@@ -277,8 +317,15 @@ def test_cli_scrubs_jsonl_keeps_fields_and_reports_bad_lines(tmp_path, capsys):
     assert f"{src}:2: bad JSON" in err and f"{src}:4: no string field 'text'" in err
     out = [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()]
     assert out == [
-        {"id": 1, "text": "Mail <EMAIL_ADDRESS> or <PHONE_NUMBER>.", "lang": "en",
-         "pii": [{"type": "EMAIL_ADDRESS", "start": 5, "end": 21}, {"type": "PHONE_NUMBER", "start": 25, "end": 40}]},
+        {
+            "id": 1,
+            "text": "Mail <EMAIL_ADDRESS> or <PHONE_NUMBER>.",
+            "lang": "en",
+            "pii": [
+                {"type": "EMAIL_ADDRESS", "start": 5, "end": 21},
+                {"type": "PHONE_NUMBER", "start": 25, "end": 40},
+            ],
+        },
         {"id": 2, "text": "version 1.2.3.4, nothing else", "tags": ["x"], "pii": []},
         {"id": 4, "text": "héllo → ip <IP_ADDRESS>", "pii": [{"type": "IP_ADDRESS", "start": 11, "end": 19}]},
     ]
@@ -288,7 +335,11 @@ def test_cli_scrubs_jsonl_keeps_fields_and_reports_bad_lines(tmp_path, capsys):
     good.write_text(json.dumps({"body": "call +44 20 7946 0958", "text": 1}) + "\n")
     assert cli_main(["scrub", str(good), str(tmp_path / "o2.jsonl"), "--text-field", "body"]) == 0
     rec = json.loads((tmp_path / "o2.jsonl").read_text())
-    assert rec == {"body": "call <PHONE_NUMBER>", "text": 1, "pii": [{"type": "PHONE_NUMBER", "start": 5, "end": 21}]}
+    assert rec == {
+        "body": "call <PHONE_NUMBER>",
+        "text": 1,
+        "pii": [{"type": "PHONE_NUMBER", "start": 5, "end": 21}],
+    }
     assert cli_main(["scrub", str(tmp_path / "missing.jsonl"), str(dst)]) == 2
     assert cli_main(["scrub", str(good), str(dst), "--entities", "EMAIL_ADDRESS,PASSPORT"]) == 2
     assert "--entities" in capsys.readouterr().err
@@ -300,10 +351,14 @@ def test_cli_subprocess(tmp_path):
         exe = Path(sys.executable).with_name("lmforge")
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(json.dumps({"id": i, "text": f"user{i}@example.com"}) for i in range(3)) + "\n")
-    proc = subprocess.run([str(exe), "scrub", str(src), str(dst)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "scrub", str(src), str(dst)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "scrubbed 3 records (3 with PII: EMAIL_ADDRESS=3)" in proc.stderr
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     assert [r["id"] for r in out] == [0, 1, 2]
-    assert all(r["text"] == "<EMAIL_ADDRESS>" and r["pii"] == [{"type": "EMAIL_ADDRESS", "start": 0, "end": 17}]
-               for r in out)
+    assert all(
+        r["text"] == "<EMAIL_ADDRESS>" and r["pii"] == [{"type": "EMAIL_ADDRESS", "start": 0, "end": 17}]
+        for r in out
+    )

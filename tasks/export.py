@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from conf.evaluate import ExportConfig
+from conf.export import ExportConfig
 from tasks.common.artifacts import Manifest, read_manifest
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger, flatten
@@ -22,9 +22,16 @@ log = logging.getLogger(__name__)
 STAGE_VERSION = 1
 
 DATA_STAGES = ("collect", "filter", "dedup", "scrub", "align_data")
-TRAIN_STAGES = ("train_tokenizer", "pretrain", "sft", "reward", "ppo")
-SECTIONS = ("Intended use", "Training data", "Training procedure", "Evaluation", "Limitations and risks",
-            "Compute", "Lineage")
+TRAIN_STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo")
+SECTIONS = (
+    "Intended use",
+    "Training data",
+    "Training procedure",
+    "Evaluation",
+    "Limitations and risks",
+    "Compute",
+    "Lineage",
+)
 HARDWARE_KEYS = ("hardware", "device", "devices", "world_size", "gpus", "nproc")
 EVAL_DESCRIPTIONS = {
     "ppl": "perplexity on the validation token shards",
@@ -58,7 +65,9 @@ def lineage(inputs: dict[str, Manifest]) -> dict[str, Manifest]:
                 continue
             match = _find_upstream(inputs, m, up, content_hash)
             if match is None:
-                log.warning("lineage: %s's input %s (%s) not found beside %s", m.stage, up, content_hash, m.path)
+                log.warning(
+                    "lineage: %s's input %s (%s) not found beside %s", m.stage, up, content_hash, m.path
+                )
             else:
                 todo.append(match)
     return dict(sorted(found.items(), key=lambda kv: kv[1].created_at))
@@ -90,7 +99,11 @@ def mlflow_runs(stages: dict[str, Manifest], tracking_uri: str | None) -> dict[s
         except Exception as e:  # a run from another tracking store: the manifest still tells the story
             log.warning("model card: cannot read MLflow run %s of %s (%s)", m.mlflow_run_id, name, e)
             continue
-        runs[name] = {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+        runs[name] = {
+            "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics),
+            "tags": dict(run.data.tags),
+        }
     return runs
 
 
@@ -126,20 +139,31 @@ def training_data(stages: dict[str, Manifest]) -> str:
         sources = collect.config.get("sources") or []
         described = [", ".join(f"{k}={fmt(v)}" for k, v in s.items()) for s in sources]
         parts.append("**Sources** (collect config): " + ("; ".join(described) or "-"))
-    rows = [(name, stats(stages[name])) for name in (*DATA_STAGES, "train_tokenizer") if name in stages]
-    parts.append("Documents, tokens, deduplication, PII and filtering statistics per stage:\n\n"
-                 + table(("stage", "counts and metrics"), rows))
-    contam = [(name, k, v) for name, m in stages.items() for k, v in {**m.counts, **m.metrics}.items() if "contam" in k]
+    rows = [(name, stats(stages[name])) for name in (*DATA_STAGES, "tokenizer") if name in stages]
+    parts.append(
+        "Documents, tokens, deduplication, PII and filtering statistics per stage:\n\n"
+        + table(("stage", "counts and metrics"), rows)
+    )
+    contam = [
+        (name, k, v)
+        for name, m in stages.items()
+        for k, v in {**m.counts, **m.metrics}.items()
+        if "contam" in k
+    ]
     if contam:
-        parts.append("**Decontamination** (documents overlapping the held-out evaluation split, removed "
-                     "before tokenizer and model training):\n\n" + table(("stage", "statistic", "value"), contam))
+        parts.append(
+            "**Decontamination** (documents overlapping the held-out evaluation split, removed "
+            "before tokenizer and model training):\n\n" + table(("stage", "statistic", "value"), contam)
+        )
     else:
         parts.append("**Decontamination**: no decontamination statistics were recorded in this lineage.")
     align = stages.get("align_data")
     if align:
-        parts.append(f"Evaluation prompts come from whole modules held out by `align_data` "
-                     f"(eval_fraction={fmt(align.config.get('eval_fraction'))}): "
-                     f"{fmt(align.counts.get('sft_eval'))} SFT pairs, {fmt(align.counts.get('prefs_eval'))} preference pairs.")
+        parts.append(
+            f"Evaluation prompts come from whole modules held out by `align_data` "
+            f"(eval_fraction={fmt(align.config.get('eval_fraction'))}): "
+            f"{fmt(align.counts.get('sft_eval'))} SFT pairs, {fmt(align.counts.get('prefs_eval'))} preference pairs."
+        )
     return "\n\n".join(parts)
 
 
@@ -154,8 +178,10 @@ def training_procedure(stages: dict[str, Manifest], runs: dict[str, dict]) -> st
         source = f"MLflow run `{m.mlflow_run_id}`" if run else "the stage manifest"
         final = run["metrics"] if run else {**m.metrics, **{f"count/{k}": v for k, v in m.counts.items()}}
         parts.append(
-            f"### {name}\n\nHyperparameters (from {source}):\n\n" + table(("parameter", "value"), sorted(params.items()))
-            + "\n\nFinal metrics:\n\n" + table(("metric", "value"), sorted(final.items()))
+            f"### {name}\n\nHyperparameters (from {source}):\n\n"
+            + table(("parameter", "value"), sorted(params.items()))
+            + "\n\nFinal metrics:\n\n"
+            + table(("metric", "value"), sorted(final.items()))
         )
     return "\n\n".join(parts) or "No training stages were recorded in this lineage."
 
@@ -174,7 +200,8 @@ def evaluation(evaluate: Manifest | None) -> str:
         f"{fmt(evaluate.counts.get('pref_pairs'))} preference pairs, {fmt(evaluate.counts.get('val_tokens'))} "
         "validation tokens.\n\n"
         + table(("model", "perplexity", "bits/byte", "ROUGE-L", "reward"), side)
-        + "\n\nAll metrics:\n\n" + table(("metric", "value", "meaning"), rows)
+        + "\n\nAll metrics:\n\n"
+        + table(("metric", "value", "meaning"), rows)
     )
 
 
@@ -192,13 +219,19 @@ def limitations(cfg: ExportConfig, stages: dict[str, Manifest]) -> str:
     if ev:
         m = ev.metrics
         if "eval/rm_accuracy" in m:
-            notes.append(f"- The reward model ranks held-out preference pairs correctly {m['eval/rm_accuracy']:.1%} "
-                         "of the time; rewards and win rates inherit its errors.")
+            notes.append(
+                f"- The reward model ranks held-out preference pairs correctly {m['eval/rm_accuracy']:.1%} "
+                "of the time; rewards and win rates inherit its errors."
+            )
         if "eval/kl_ppo_sft" in m:
-            notes.append(f"- PPO moved the policy {fmt(m['eval/kl_ppo_sft'])} nats per response away from the SFT "
-                         "model (KL); a large value with rising reward is a sign of reward hacking.")
+            notes.append(
+                f"- PPO moved the policy {fmt(m['eval/kl_ppo_sft'])} nats per response away from the SFT "
+                "model (KL); a large value with rising reward is a sign of reward hacking."
+            )
         if "eval/ppl_ppo" in m and "eval/ppl_sft" in m:
-            notes.append(f"- Validation perplexity: SFT {fmt(m['eval/ppl_sft'])}, PPO {fmt(m['eval/ppl_ppo'])}.")
+            notes.append(
+                f"- Validation perplexity: SFT {fmt(m['eval/ppl_sft'])}, PPO {fmt(m['eval/ppl_ppo'])}."
+            )
     scrub = stages.get("scrub")
     if scrub:
         notes.append(f"- PII scrubbing statistics (pattern-based, not exhaustive): {stats(scrub)}.")
@@ -218,7 +251,9 @@ def hardware(m: Manifest, run: dict | None) -> str:
 def pretrain_flops(pre: Manifest, run: dict | None) -> list[tuple[str, Any]]:
     """FLOPs figures the pretrain stage recorded, and the total they imply for the tokens it trained on."""
     recorded = {**pre.counts, **pre.metrics, **pre.extra}
-    rows: list[tuple[str, Any]] = [(k, v) for k, v in sorted(recorded.items()) if "flops" in k.lower() or k.endswith("mfu")]
+    rows: list[tuple[str, Any]] = [
+        (k, v) for k, v in sorted(recorded.items()) if "flops" in k.lower() or k.endswith("mfu")
+    ]
     tokens = pre.counts.get("tokens") or pre.counts.get("tokens_seen")
     per_token = (run or {}).get("params", {}).get("model.flops_per_token")
     params = pre.counts.get("parameters") or pre.counts.get("params")
@@ -236,7 +271,9 @@ def compute(stages: dict[str, Manifest], runs: dict[str, dict]) -> str:
     pre = stages.get("pretrain")
     flops = pretrain_flops(pre, runs.get("pretrain")) if pre else []
     if flops:
-        text += "\n\nEstimated pretraining compute (pretrain manifest and run):\n\n" + table(("quantity", "value"), flops)
+        text += "\n\nEstimated pretraining compute (pretrain manifest and run):\n\n" + table(
+            ("quantity", "value"), flops
+        )
     else:
         text += "\n\nEstimated pretraining FLOPs: not recorded in the pretrain manifest."
     return text
@@ -254,23 +291,25 @@ def eval_results(evaluate: Manifest | None, stages: dict[str, Manifest]) -> list
     if evaluate is None:
         return []
     data = stages.get("align_data")
-    tok = stages.get("train_tokenizer")
+    tok = stages.get("tokenizer")
     results = []
     for key, value in sorted(evaluate.metrics.items()):
         if not key.startswith("eval/"):
             continue
         on_tokens = _short(key) in ("ppl", "bpb")
         src = tok if on_tokens else data
-        results.append(EvalResult(
-            task_type="text-generation",
-            dataset_type=f"lmforge/{src.stage if src else 'unknown'}",
-            dataset_name="validation token shards" if on_tokens else "held-out eval split",
-            dataset_split="val" if on_tokens else "eval",
-            dataset_revision=src.content_hash if src else None,
-            metric_type=key.removeprefix("eval/"),
-            metric_name=key,
-            metric_value=float(value),
-        ))
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=f"lmforge/{src.stage if src else 'unknown'}",
+                dataset_name="validation token shards" if on_tokens else "held-out eval split",
+                dataset_split="val" if on_tokens else "eval",
+                dataset_revision=src.content_hash if src else None,
+                metric_type=key.removeprefix("eval/"),
+                metric_name=key,
+                metric_value=float(value),
+            )
+        )
     return results
 
 
@@ -279,8 +318,12 @@ def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, d
 
     evaluate = stages.get("evaluate")
     data = ModelCardData(
-        language=cfg.language, license=cfg.license, library_name="transformers", pipeline_tag="text-generation",
-        tags=["lmforge", "llama", "sft", "rlhf", "ppo"], model_name=cfg.model_name,
+        language=cfg.language,
+        license=cfg.license,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["lmforge", "llama", "sft", "rlhf", "ppo"],
+        model_name=cfg.model_name,
         eval_results=eval_results(evaluate, stages) or None,
     )
     body = [
@@ -288,13 +331,21 @@ def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, d
         f"{architecture} trained end to end by the lmforge pipeline: pretraining, supervised fine-tuning "
         "(LoRA, merged), a reward model and PPO. This card was generated from the lineage's manifests and "
         f"MLflow runs; the weights are the PPO policy. MLflow registry name: `{cfg.registered_model_name}`.",
-        "## Intended use", cfg.intended_use, f"**Out of scope:** {cfg.out_of_scope_use}",
-        "## Training data", training_data(stages),
-        "## Training procedure", training_procedure(stages, runs),
-        "## Evaluation", evaluation(evaluate),
-        "## Limitations and risks", limitations(cfg, stages),
-        "## Compute", compute(stages, runs),
-        "## Lineage", lineage_table(stages),
+        "## Intended use",
+        cfg.intended_use,
+        f"**Out of scope:** {cfg.out_of_scope_use}",
+        "## Training data",
+        training_data(stages),
+        "## Training procedure",
+        training_procedure(stages, runs),
+        "## Evaluation",
+        evaluation(evaluate),
+        "## Limitations and risks",
+        limitations(cfg, stages),
+        "## Compute",
+        compute(stages, runs),
+        "## Lineage",
+        lineage_table(stages),
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(body) + "\n")
 
@@ -302,9 +353,11 @@ def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, d
 def describe_architecture(model_folder: Path) -> str:
     cfg = json.loads((model_folder / "config.json").read_text())
     arch = (cfg.get("architectures") or ["causal LM"])[0]
-    return (f"A {arch} ({cfg.get('num_hidden_layers')} layers, hidden size {cfg.get('hidden_size')}, "
-            f"{cfg.get('num_attention_heads')} heads, vocabulary {cfg.get('vocab_size')}, "
-            f"context {cfg.get('max_position_embeddings')})")
+    return (
+        f"A {arch} ({cfg.get('num_hidden_layers')} layers, hidden size {cfg.get('hidden_size')}, "
+        f"{cfg.get('num_attention_heads')} heads, vocabulary {cfg.get('vocab_size')}, "
+        f"context {cfg.get('max_position_embeddings')})"
+    )
 
 
 # --- the stage --------------------------------------------------------------------------------------
@@ -312,7 +365,9 @@ def describe_architecture(model_folder: Path) -> str:
 
 def export(cfg: ExportConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
     if "ppo" not in inputs:
-        raise ValueError(f"export needs the ppo stage's output (its model/ is what gets exported); got {sorted(inputs)}")
+        raise ValueError(
+            f"export needs the ppo stage's output (its model/ is what gets exported); got {sorted(inputs)}"
+        )
     ppo = inputs["ppo"]
     sources = ppo.files_under("model/")
     if not any(p.name == "config.json" for p in sources):
@@ -329,8 +384,16 @@ def export(cfg: ExportConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
     runs = mlflow_runs(stages, tracking_uri)
     card = build_card(cfg, stages, runs, describe_architecture(model))
     card.save(model / "README.md")
-    record = {n: {"stage_hash": m.stage_hash, "content_hash": m.content_hash, "mlflow_run_id": m.mlflow_run_id,
-                  "path": m.path, "seconds": m.seconds} for n, m in stages.items()}
+    record = {
+        n: {
+            "stage_hash": m.stage_hash,
+            "content_hash": m.content_hash,
+            "mlflow_run_id": m.mlflow_run_id,
+            "path": m.path,
+            "seconds": m.seconds,
+        }
+        for n, m in stages.items()
+    }
     (out / "lineage.json").write_text(json.dumps(record, indent=2))
     log_.log_text(card.content, "export/README.md")
     log_.log_dict(record, "export/lineage.json")
@@ -339,8 +402,12 @@ def export(cfg: ExportConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
     extra.update(register(cfg, log_, model, stages))
     weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     return StageReport(
-        counts={"lineage_stages": len(stages), "mlflow_runs_read": len(runs), "weight_bytes": weights,
-                "eval_results": len(card.data.eval_results or [])},
+        counts={
+            "lineage_stages": len(stages),
+            "mlflow_runs_read": len(runs),
+            "weight_bytes": weights,
+            "eval_results": len(card.data.eval_results or []),
+        },
         extra=extra,
     )
 
@@ -352,17 +419,23 @@ def ensure_generation_config(model: Path) -> None:
     from transformers import AutoTokenizer, GenerationConfig
 
     tok = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
-    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id).save_pretrained(str(model))
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    ).save_pretrained(str(model))
 
 
-def register(cfg: ExportConfig, log_: MetricLogger, model: Path, stages: dict[str, Manifest]) -> dict[str, Any]:
+def register(
+    cfg: ExportConfig, log_: MetricLogger, model: Path, stages: dict[str, Manifest]
+) -> dict[str, Any]:
     """Log the model folder to the export run and register it as a new model version, tagged with its lineage."""
     uri, run_id = getattr(log_, "tracking_uri", None), log_.run_id
     if not cfg.register_model:
         return {}
     if not (uri and run_id):
-        log.warning("export: no MLflow tracking for this run; the model is not registered (%s)", cfg.registered_model_name)
+        log.warning(
+            "export: no MLflow tracking for this run; the model is not registered (%s)",
+            cfg.registered_model_name,
+        )
         return {}
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -379,14 +452,22 @@ def register(cfg: ExportConfig, log_: MetricLogger, model: Path, stages: dict[st
         client.get_registered_model(cfg.registered_model_name)
     except MlflowException:
         client.create_registered_model(
-            cfg.registered_model_name, tags={"lmforge.kind": "policy"},
+            cfg.registered_model_name,
+            tags={"lmforge.kind": "policy"},
             description="PPO policies exported by lmforge; each version's tags point at its lineage.",
         )
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
     version = client.create_model_version(
-        cfg.registered_model_name, source=source, run_id=run_id, tags=tags,
+        cfg.registered_model_name,
+        source=source,
+        run_id=run_id,
+        tags=tags,
         description=f"lmforge export of ppo {stages['ppo'].content_hash}" if "ppo" in stages else None,
     )
     log.info("export: registered %s version %s from %s", cfg.registered_model_name, version.version, source)
-    return {"registered_model_name": cfg.registered_model_name, "registered_model_version": int(version.version),
-            "model_uri": f"models:/{cfg.registered_model_name}/{version.version}", "model_source": source}
+    return {
+        "registered_model_name": cfg.registered_model_name,
+        "registered_model_version": int(version.version),
+        "model_uri": f"models:/{cfg.registered_model_name}/{version.version}",
+        "model_source": source,
+    }
