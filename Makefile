@@ -18,7 +18,8 @@ SET_ARGS := $(foreach kv,$(SET),--set $(kv))
 ARTIFACTS ?= $(or $(LMFORGE_ARTIFACTS),artifacts)
 
 
-.PHONY: install test test-slow test-all test-integration pipeline data pretrain align evaluate stage ui lint format clean show-config bench server worker deploy run-deployment
+.PHONY: install services test test-slow test-all test-integration pipeline data pretrain align evaluate stage ui lint \
+  format clean show-config bench server worker deploy run-deployment
 
 install: $(STAMP)
 
@@ -35,6 +36,12 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch, prefect, mlflow, trl, peft, datasketch; print('torch', torch.__version__, '| prefect', prefect.__version__, '| mlflow', mlflow.__version__, '| trl', trl.__version__)"
 	@touch $(STAMP)
 
+# System binaries the tests use (redis-server; PostgreSQL for test-integration): apt-get installs them as
+# root when missing, otherwise the command to run is printed. Quick and idempotent when present. Tests
+# never install anything: without the binaries they skip, naming this target.
+services:
+	@infra/local/services.sh
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration" -q
 
@@ -46,7 +53,7 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Needs PostgreSQL binaries (initdb, pg_ctl): Debian `apt-get install postgresql`; skips without them.
+# Needs PostgreSQL binaries (initdb, pg_ctl, psql): `make services`; skips without them.
 test-integration: $(STAMP)
 	$(PIP) install -q -e '.[dev,integration]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m pytest tests/integration -q -m integration
@@ -96,12 +103,18 @@ run-deployment: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH)
 
+LINT_DIRS := conf tasks flows tests bench
+
+# Both checks run (and report) even when the first fails.
 lint: $(STAMP)
-	$(BIN)/ruff check conf tasks flows tests bench
+	@status=0; \
+	$(BIN)/ruff check $(LINT_DIRS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_DIRS) || status=1; \
+	exit $$status
 
 format: $(STAMP)
-	$(BIN)/ruff format conf tasks flows tests bench
-	$(BIN)/ruff check --fix conf tasks flows tests bench
+	$(BIN)/ruff format $(LINT_DIRS)
+	$(BIN)/ruff check --fix $(LINT_DIRS)
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache *.egg-info build dist

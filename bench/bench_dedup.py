@@ -68,7 +68,8 @@ def make_corpus(n_docs: int, seed: int) -> tuple[list[str], list[int]]:
 def true_pairs(
     sets: list[set[bytes]], family: list[int], threshold: float
 ) -> tuple[set[tuple[int, int]], int]:
-    """Pairs (i < j) within a family whose exact Jaccard reaches the threshold; and all within-family pairs."""
+    """Pairs (i < j) within a family whose exact Jaccard reaches the threshold; and all within-family
+    pairs."""
     by_family: dict[int, list[int]] = {}
     for i, f in enumerate(family):
         by_family.setdefault(f, []).append(i)
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     print(
         f"{n_docs} documents ({words:,} words, {args.seeds} corpora), {n_truth} true near-duplicate pairs; "
-        f"num_perm={args.num_perm}, threshold={args.threshold}; LSH bands x rows: datasketch default {lsh.b} x {lsh.r}, "
+        f"num_perm={args.num_perm}, threshold={args.threshold}; "
+        f"LSH bands x rows: datasketch default {lsh.b} x {lsh.r}, "
         f"lmforge {ours_lsh.b} x {ours_lsh.r} (false_negative_weight={fnw}, candidates verified)\n"
     )
     print("| method | seconds | docs/s | speedup | precision | recall | pairs predicted |")

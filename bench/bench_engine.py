@@ -69,6 +69,7 @@ The CPU row: how much more work 2 busy processes get done than 1 on this machine
 """
 
 
+PROCESS_KINDS = ("main", "server", "workers")  # whose CPU seconds a row reports
 ISOLATED_ENV = (
     "DASK_LOGGING__DISTRIBUTED",
     "PREFECT_HOME",
@@ -81,7 +82,8 @@ ISOLATED_ENV = (
 
 
 def _isolate(home: Path) -> dict[str, str | None]:
-    """Prefect's home (and its temporary server's database) and logging: bench-only. Returns the old values."""
+    """Prefect's home (and its temporary server's database) and logging: bench-only. Returns the old
+    values."""
     saved = {k: os.environ.get(k) for k in ISOLATED_ENV}
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"  # the scheduler's and the workers' INFO lines
@@ -348,8 +350,8 @@ def bench_corpus(
             "docs_per_s": round(docs_in / total),
             "speedup": round(base_total / total, 2),
             "pipeline_wall_s": round(med(name, "wall"), 2),
-            "cpu_s main/server/workers": "/".join(f"{med(name, f'cpu_{k}'):.1f}" for k in ("main", "server", "workers")),
-            "cores_busy": round(sum(med(name, f"cpu_{k}") for k in ("main", "server", "workers")) / med(name, "wall"), 2),
+            "cpu_s main/server/workers": "/".join(f"{med(name, f'cpu_{k}'):.1f}" for k in PROCESS_KINDS),
+            "cores_busy": round(sum(med(name, f"cpu_{k}") for k in PROCESS_KINDS) / med(name, "wall"), 2),
             "peak_rss_mb": round(med(name, "peak_rss_mb")),
         })  # fmt: skip
     details = {
@@ -472,13 +474,17 @@ def main(argv: list[str] | None = None) -> Path:
         rows += [
             {"bench": f"engine/LocalCluster({w} workers) start", "seconds": round(start_s, 2)},
             {"bench": f"engine/LocalCluster({w} workers) close", "seconds": round(close_s, 2)},
-            {"bench": "engine/sub-flow of 1 no-op shard, new cluster (first task runs)", "seconds": round(first_noop, 2)},
-            {"bench": "engine/sub-flow of 1 no-op shard, running cluster (per stage)", "seconds": round(one, 2)},
+            {"bench": "engine/sub-flow of 1 no-op shard, new cluster (first task runs)",
+             "seconds": round(first_noop, 2)},
+            {"bench": "engine/sub-flow of 1 no-op shard, running cluster (per stage)",
+             "seconds": round(one, 2)},
             {"bench": "engine/each further no-op shard task run", "seconds": round(per_task, 3)},
-            {"bench": "engine/first pydocs run on the new cluster (untimed in (d))", "seconds": round(warm_up_s, 2)},
+            {"bench": "engine/first pydocs run on the new cluster (untimed in (d))",
+             "seconds": round(warm_up_s, 2)},
             {"bench": "engine/import flows.engine, new process (a worker's first no-op shard)",
              "seconds": round(imports["flows.engine"], 2)},
-            {"bench": "engine/import flows.runner, new process (what a worker's first shard cost while the stage task's context travelled with it)",
+            {"bench": "engine/import flows.runner, new process (what a worker's first shard cost while the "
+                      "stage task's context travelled with it)",
              "seconds": round(imports["flows.runner"], 2)},
             {"bench": f"engine/CPU: {w} busy processes' throughput vs 1 (start, end)", "seconds": "",
              "speedup": f"{capacity[0]:.2f}, {capacity[1]:.2f}"},

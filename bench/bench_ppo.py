@@ -67,7 +67,7 @@ def build_models(folder: Path) -> None:
     """policy/, value/, reward/ model folders (tiny random Llamas on one tokenizer) and prompts.json."""
     from transformers import LlamaForSequenceClassification
 
-    from tests.tiny_models import tiny_llama, tiny_tokenizer
+    from tasks.common.testing import tiny_llama, tiny_tokenizer
 
     tok = tiny_tokenizer()
     policy = tiny_llama(tok, hidden=64, layers=2, heads=4, seed=0)
@@ -108,7 +108,8 @@ def lora():
 
 
 class Timer:
-    """Wraps `module.name` so each call's seconds add up in `self.seconds[key]` (optionally only when `when()`)."""
+    """Wraps `module.name` so each call's seconds add up in `self.seconds[key]` (only when `when()`, if
+    given)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -133,8 +134,8 @@ def run_ours(folder: Path, steps: int) -> dict:
     from peft import get_peft_model
 
     from conf.ppo import PpoConfig
+    from tasks.common.reward_model import RewardModelScorer
     from tasks.ppo import trainer as tr
-    from tasks.ppo.rollout import RewardModelScorer
 
     torch.set_num_threads(1)
     tok, policy, value, reward, prompts = load(folder)
@@ -175,7 +176,7 @@ def run_ours(folder: Path, steps: int) -> dict:
     }
 
 
-# ---- trl 1.12 baseline (`python -m bench.bench_ppo --trl-worker FOLDER STEPS`, PYTHONPATH=<trl 1.12 site>) ----
+# ---- trl 1.12 baseline (`python -m bench.bench_ppo --trl-worker FOLDER STEPS`, PYTHONPATH=<trl 1.12 site>)
 def trl_worker(folder: Path, steps: int) -> dict:
     import trl
     from datasets import Dataset

@@ -35,9 +35,9 @@ from bench.common import Measurement, row, save
 from conf.collect import PydocsSource
 from conf.pretrain import PretrainConfig
 from tasks.collect import SourceStats, pydocs_documents
+from tasks.common.testing import seal
 from tasks.common.tokens import TokenShardWriter, open_split
 from tasks.common.tracking import Tracker
-from tests.helpers import seal
 
 THREADS = 1  # see the module docstring
 

@@ -159,10 +159,10 @@ def save(name: str, rows: list[dict[str, Any]], details: dict[str, Any] | None =
 
 def log_to_mlflow(results: list[Path]) -> str | None:
     """One MLflow run named `bench` holding every bench's rows as metrics and its files as artifacts."""
+    from flows.environment import artifacts_root, tracking_uri
     from tasks.common.tracking import Tracker
 
-    root = Path(os.environ.get("LMFORGE_ARTIFACTS", "artifacts")).resolve()
-    tracker = Tracker.for_pipeline(root, None, "lmforge-bench")
+    tracker = Tracker.for_pipeline(artifacts_root(None), tracking_uri(None), "lmforge-bench")
     run = tracker.client.create_run(tracker.experiment_id, run_name="bench", tags={"lmforge.kind": "bench"})
     for path in results:
         data = json.loads(path.read_text())

@@ -1,13 +1,14 @@
 """Config of the `align_data` stage: instruction and preference pairs for the alignment stages.
 
 Defaults suit the `tiny` preset (CPU, the whole lifecycle in minutes); bigger presets override them.
+The content of local dataset files keys the stage hash too: the runner fingerprints them
+(`flows/stages.py`), this module only names them.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -88,15 +89,3 @@ class AlignDataConfig(StageConfig):
                 "builtin is false and no sft_datasets/pref_datasets are given: there would be no data"
             )
         return self
-
-    def result_fields(self) -> dict[str, Any]:
-        """Also key the cache on the content of local dataset files, so editing a file re-runs the stage."""
-        data = super().result_fields()
-        files = {}
-        for src in [*self.sft_datasets, *self.pref_datasets]:
-            p = Path(src.path).expanduser()
-            if src.is_local and p.is_file():
-                files[src.path] = hashlib.sha256(p.read_bytes()).hexdigest()
-        if files:
-            data["_dataset_sha256"] = files
-        return data

@@ -42,7 +42,8 @@ class PydocsSource(SourceBase):
 
 
 class FilesSource(SourceBase):
-    """Local files by glob: .txt/.md (one document per file), .jsonl/.json, .parquet, .csv; optionally .gz/.zst."""
+    """Local files by glob: .txt/.md (one document per file), .jsonl/.json, .parquet, .csv; optionally
+    .gz/.zst."""
 
     kind: Literal["files"] = "files"
     paths: list[str] = Field(min_length=1, description="Glob patterns (`**` recurses), relative to the cwd.")
@@ -101,6 +102,7 @@ class CollectConfig(StageConfig):
         dups = sorted({label for label in labels if labels.count(label) > 1})
         if dups:
             raise ValueError(
-                f"collect.sources: several sources are labelled {', '.join(dups)}; give each a distinct `name`"
+                f"collect.sources: several sources are labelled {', '.join(dups)}; "
+                "give each a distinct `name`"
             )
         return self

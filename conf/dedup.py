@@ -8,7 +8,6 @@ and resolved into clusters, each keeping one member: the longest text, then the 
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -27,7 +26,7 @@ class DictStorage(BaseModel):
 
 
 class RedisStorage(BaseModel):
-    """The LSH index in a Redis server, for corpora whose index outgrows memory (needs `pip install redis`)."""
+    """The LSH index in a Redis server, for corpora whose index outgrows memory (`pip install redis`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     type: Literal["redis"] = "redis"
@@ -43,14 +42,19 @@ class RedisStorage(BaseModel):
         None, description="Key prefix in Redis; default: a fresh random one per run, deleted at the end."
     )
 
-    def describe(self) -> str:
-        """Where the index lives and where its password comes from (never the password), for errors."""
-        given = "set" if os.environ.get(self.password_env) else "not set"
-        return f"the LSH index in Redis at {self.host}:{self.port} db {self.db} (password from ${self.password_env}: {given})"
+    def describe(self, password: str | None = None) -> str:
+        """Where the index lives and where its password comes from (never the password), for errors.
 
-    def storage_config(self) -> dict[str, Any]:
+        `password` is what the stage read from `$password_env`: conf never reads the environment.
+        """
+        given = "set" if password else "not set"
+        where = f"Redis at {self.host}:{self.port} db {self.db}"
+        return f"the LSH index in {where} (password from ${self.password_env}: {given})"
+
+    def storage_config(self, password: str | None = None) -> dict[str, Any]:
+        """datasketch's `storage_config`; `password` (read by the stage from `$password_env`) if any."""
         redis: dict[str, Any] = {"host": self.host, "port": self.port, "db": self.db}
-        if password := os.environ.get(self.password_env):
+        if password:
             redis["password"] = password
         config: dict[str, Any] = {"type": "redis", "redis": redis}
         if self.basename:
@@ -69,6 +73,9 @@ LshStorage = Annotated[
 
 
 class DedupConfig(StageConfig):
+    """The `dedup` stage's settings, and dedup's only statement of its defaults: the detection parameters
+    (`tasks.dedup.core.Params`) and the `lmforge dedup` command's option defaults are read from here."""
+
     NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset({"workers", "batch_size", "lsh_storage"})
 
     normalize: bool = Field(True, description="Lowercase and collapse whitespace before exact hashing.")
@@ -87,8 +94,9 @@ class DedupConfig(StageConfig):
         0.8,
         gt=0,
         lt=1,
-        description="Weight of missed pairs (vs. false candidates: 1 - it) in datasketch's choice of bands x rows. "
-        "0.5 is datasketch's default; higher finds more near duplicates, whose false candidates `verify` drops.",
+        description="Weight of missed pairs (vs. false candidates: 1 - it) in datasketch's choice of "
+        "bands x rows. 0.5 is datasketch's default; higher finds more near duplicates, whose false "
+        "candidates `verify` drops.",
     )
     seed: int = Field(1, ge=0, description="Seed of the MinHash permutations.")
     sample_pairs: int = Field(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -60,11 +58,11 @@ class EvaluateConfig(StageConfig):
     lm_eval_limit: int | None = Field(None, gt=0, description="Examples per lm_eval task (None: all).")
     lm_eval_include_path: str | None = Field(
         None,
-        description="A folder of extra lm_eval task YAMLs (e.g. tasks on local data: `dataset_path: json`, "
-        "`dataset_kwargs: {data_files: ...}`), searched besides lm_eval's own tasks. The content of every file "
-        "under it keys the stage hash, so editing a task or its data re-runs evaluate: keep the data files in "
-        "this folder (a file outside it is not hashed). Relative `data_files` resolve against the working "
-        "directory, not the YAML's folder.",
+        description="A folder of extra lm_eval task YAMLs (e.g. tasks on local data: `dataset_path: "
+        "json`, `dataset_kwargs: {data_files: ...}`), searched besides lm_eval's own tasks. The content of "
+        "every file under it keys the stage hash (the runner fingerprints it), so editing a task or its data "
+        "re-runs evaluate: keep the data files in this folder (a file outside it is not hashed). Relative "
+        "`data_files` resolve against the working directory, not the YAML's folder.",
     )
     plot: bool = True
     # quality gates (None disables a gate)
@@ -72,15 +70,3 @@ class EvaluateConfig(StageConfig):
     min_win_rate: float | None = Field(None, ge=0, le=1, description="Gate on eval/win_rate_ppo_vs_sft.")
     max_kl: float | None = Field(None, ge=0, description="Gate on eval/kl_ppo_sft.")
     max_ppl_ppo: float | None = Field(None, gt=0, description="Gate on eval/ppl_ppo.")
-
-    def result_fields(self) -> dict[str, Any]:
-        """Also key the cache on the files of `lm_eval_include_path`, so editing a task YAML or its data re-runs."""
-        data = super().result_fields()
-        folder = Path(self.lm_eval_include_path).expanduser() if self.lm_eval_include_path else None
-        if folder is not None and folder.is_dir():
-            data["_lm_eval_include_sha256"] = {
-                p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(folder.rglob("*"))
-                if p.is_file() and "__pycache__" not in p.parts
-            }
-        return data

@@ -64,7 +64,8 @@ class FilterConfig(StageConfig):
     )
     blocklist: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BLOCKLIST),
-        description="Terms (words or phrases) that drop a document; whole words, case-insensitive; [] disables.",
+        description="Terms (words or phrases) that drop a document; whole words, case-insensitive; "
+        "[] disables.",
     )
     blocklist_min_hits: int = Field(
         1, ge=1, description="Blocklisted term occurrences needed to drop a document."

@@ -97,7 +97,8 @@ class PpoConfig(StageConfig):
     def _batches(self) -> PpoConfig:
         if self.batch_size % self.mini_batch_size:
             raise ValueError(
-                f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size ({self.mini_batch_size})"
+                f"ppo.batch_size ({self.batch_size}) must be a multiple of "
+                f"ppo.mini_batch_size ({self.mini_batch_size})"
             )
         if self.algorithm != "ppo" and self.batch_size % self.num_generations:
             raise ValueError(
@@ -107,6 +108,7 @@ class PpoConfig(StageConfig):
         for name in ("batch_size", "mini_batch_size"):
             if getattr(self, name) % self.num_processes:
                 raise ValueError(
-                    f"ppo.{name} ({getattr(self, name)}) must be a multiple of ppo.num_processes ({self.num_processes})"
+                    f"ppo.{name} ({getattr(self, name)}) must be a multiple of "
+                    f"ppo.num_processes ({self.num_processes})"
                 )
         return self

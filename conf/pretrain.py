@@ -133,8 +133,8 @@ class PretrainConfig(StageConfig):
             )
         if self.global_batch_seqs % self.world_size:
             raise ValueError(
-                f"pretrain.global_batch_tokens={self.global_batch_tokens} is {self.global_batch_seqs} sequences, "
-                f"which does not split evenly over {self.world_size} processes "
+                f"pretrain.global_batch_tokens={self.global_batch_tokens} is {self.global_batch_seqs} "
+                f"sequences, which does not split evenly over {self.world_size} processes "
                 f"(pretrain.nproc_per_node={self.nproc_per_node} x pretrain.nnodes={self.nnodes})"
             )
         if self.warmup_steps >= self.max_steps:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -25,7 +23,8 @@ from conf.tokenizer import TokenizerConfig
 
 
 class TrackingConfig(BaseModel):
-    """Where MLflow records runs. Unset values fall back to an embedded store under the artifacts root."""
+    """Where MLflow records runs. Unset, the runner (`flows/environment.py`) falls back to
+    $MLFLOW_TRACKING_URI, then to an embedded store under the artifacts root."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -39,6 +38,20 @@ class TrackingConfig(BaseModel):
 RENAMED_SECTIONS = {"pii": "scrub"}
 
 
+def _rename_section(data: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """`data` with section `old` under its new name `new`; an error if both are set."""
+    if new in data:
+        raise ValueError(
+            f"both '{old}' and '{new}' are set: '{old}' is the old name of '{new}'; keep '{new}'"
+        )
+    warnings.warn(
+        f"config section '{old}' is now '{new}' (e.g. --set {new}.workers=2); '{old}' will stop working",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return {(new if k == old else k): v for k, v in data.items()}
+
+
 class PipelineConfig(BaseModel):
     """One section per stage, named like the stage (see `flows/stages.py`), plus tracking and execution."""
 
@@ -47,27 +60,20 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed_sections(cls, data: Any) -> Any:
+        """Accept the old name of a renamed section, with a warning naming the new one."""
         if not isinstance(data, dict):
             return data
         for old, new in RENAMED_SECTIONS.items():
-            if old not in data:
-                continue
-            if new in data:
-                raise ValueError(
-                    f"both '{old}' and '{new}' are set: '{old}' is the old name of '{new}'; keep '{new}'"
-                )
-            warnings.warn(
-                f"config section '{old}' is now '{new}' (e.g. --set {new}.workers=2); '{old}' will stop working",
-                FutureWarning,
-                stacklevel=2,
-            )
-            data = {(new if k == old else k): v for k, v in data.items()}
+            if old in data:
+                data = _rename_section(data, old, new)
         return data
 
     name: str = Field("lmforge", description="Run name prefix shown in MLflow and Prefect.")
     preset: str = Field("custom", description="Preset this config was built from (informational).")
     artifacts_root: str | None = Field(
-        None, description="Where stage folders live; default: $LMFORGE_ARTIFACTS, else ./artifacts."
+        None,
+        description="Where stage folders live; default (resolved by the runner): $LMFORGE_ARTIFACTS, "
+        "else ./artifacts.",
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
@@ -84,7 +90,3 @@ class PipelineConfig(BaseModel):
     ppo: PpoConfig = Field(default_factory=PpoConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
-
-    def resolved_artifacts_root(self) -> Path:
-        root = self.artifacts_root or os.environ.get("LMFORGE_ARTIFACTS") or "artifacts"
-        return Path(root).expanduser().resolve()

@@ -55,7 +55,8 @@ class TokenizerConfig(StageConfig):
         if v <= floor:
             raise ValueError(
                 f"tokenizer.vocab_size={v} must exceed {floor} "
-                f"({BYTE_ALPHABET} byte symbols + {len(SPECIAL_TOKENS)} special tokens), leaving room for merges"
+                f"({BYTE_ALPHABET} byte symbols + {len(SPECIAL_TOKENS)} special tokens), "
+                "leaving room for merges"
             )
         if v > 2**32:
             raise ValueError(f"tokenizer.vocab_size={v} does not fit the uint32 token shards")

@@ -41,12 +41,32 @@ def _prefect_env() -> None:
 
 
 def print_summary(run, console=None) -> None:
+    """The run's stage table, key metrics, model card and registry entry, and where to look in MLflow."""
     from rich.console import Console
+
+    console = console or Console(width=None if sys.stdout.isatty() else 150)
+    console.print(_stage_table(run))
+    if "evaluate" in run.results:
+        metrics = run.results["evaluate"].manifest.metrics
+        shown = [f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("eval/")]
+        console.print("key metrics: " + ", ".join(shown))
+    if "export" in run.results:
+        _print_export(console, run.results["export"].manifest)
+    if run.results:
+        root = Path(next(iter(run.results.values())).manifest.path).parents[1]
+        console.print(f"stage folders under {root}")
+    console.print(f"total {run.seconds:.1f}s; MLflow run {run.run_id}")
+    if run.error:
+        console.print(f"[red]{run.failed_stage} failed:[/red] {run.error}")
+    _print_mlflow_ui(console, run.tracking_uri, run.experiment_id)
+
+
+def _stage_table(run):
+    """One row per stage: status, seconds, key figure and folder; a failed stage last, in red."""
     from rich.table import Table
 
     from flows.stages import STAGES
 
-    console = console or Console(width=None if sys.stdout.isatty() else 150)
     table = Table(title="lmforge pipeline")
     for col in ("stage", "status", "seconds", "key figure", "folder"):
         table.add_column(col)
@@ -61,32 +81,25 @@ def print_summary(run, console=None) -> None:
         )
     if run.failed_stage:
         table.add_row(run.failed_stage, "[red]failed[/red]", "", "", "")
-    console.print(table)
-    if "evaluate" in run.results:
-        metrics = run.results["evaluate"].manifest.metrics
-        shown = [f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("eval/")]
-        console.print("key metrics: " + ", ".join(shown))
-    if "export" in run.results:
-        export = run.results["export"].manifest
-        console.print(f"model card: {Path(export.path) / 'model' / 'README.md'}")
-        if export.extra.get("registered_model_name"):
-            console.print(
-                f"registered model: {export.extra['registered_model_name']} "
-                f"version {export.extra.get('registered_model_version')}"
-            )
-    if run.results:
-        root = Path(next(iter(run.results.values())).manifest.path).parents[1]
-        console.print(f"stage folders under {root}")
-    console.print(f"total {run.seconds:.1f}s; MLflow run {run.run_id}")
-    if run.error:
-        console.print(f"[red]{run.failed_stage} failed:[/red] {run.error}")
-    uri = run.tracking_uri
+    return table
+
+
+def _print_export(console, export) -> None:
+    console.print(f"model card: {Path(export.path) / 'model' / 'README.md'}")
+    if export.extra.get("registered_model_name"):
+        console.print(
+            f"registered model: {export.extra['registered_model_name']} "
+            f"version {export.extra.get('registered_model_version')}"
+        )
+
+
+def _print_mlflow_ui(console, uri: str, experiment_id: str | None) -> None:
     console.print(
         f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)"
     )
-    if run.experiment_id:
+    if experiment_id:
         console.print(
-            f"  then open http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs "
+            f"  then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs "
             "(expand a pipeline run to see its stages)"
         )
 

@@ -60,7 +60,8 @@ def lifecycle(
     preset: str = "tiny",
     overrides: list[str] | None = None,
 ) -> PipelineRun:
-    """corpus -> filter -> dedup -> scrub -> tokenizer -> pretrain -> sft -> reward -> ppo -> evaluate -> export."""
+    """corpus -> filter -> dedup -> scrub -> tokenizer -> pretrain -> sft -> reward -> ppo -> evaluate
+    -> export (with `targets`: only the stages they need)."""
     return run_pipeline(resolve_config(config, preset, overrides), targets)
 
 
@@ -72,7 +73,8 @@ def _subflow(name: str):
         cfg = resolve_config(config, preset, overrides)
         return run_pipeline(cfg, SUBFLOWS[name], run_name=f"{cfg.name}-{name}")
 
-    subflow.__doc__ = f"The {name} sub-flow: {', '.join(SUBFLOWS[name]) or '(no stages yet)'}, reusing cached upstream stages."
+    stages = ", ".join(SUBFLOWS[name]) or "(no stages yet)"
+    subflow.__doc__ = f"The {name} sub-flow: {stages}, reusing cached upstream stages."
     return subflow
 
 

@@ -18,6 +18,7 @@ from prefect.tasks import Task
 
 from conf.schema import PipelineConfig
 from flows.engine import DaskShardMap, ShardCluster
+from flows.environment import artifacts_root, tracking_uri
 from flows.stages import STAGES, plan
 from tasks.common.artifacts import Manifest, sha256_text, stage_dir
 from tasks.common.stage import (
@@ -28,7 +29,7 @@ from tasks.common.stage import (
     record_cached,
     run_stage,
 )
-from tasks.common.tracking import MetricLogger, Tracker
+from tasks.common.tracking import MetricLogger, MlflowLogger, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,10 @@ class TrackingHandle:
 
 
 def _cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """The stage hash, plus the artifacts root: the same stage under another root is another result."""
     spec: StageSpec = STAGES[context.task.name]
     cfg: PipelineConfig = parameters["config"]
-    root = str(cfg.resolved_artifacts_root())
+    root = parameters["root"]
     return f"lmforge-{spec.name}-{spec.hash_for(cfg, parameters['inputs'])}-{sha256_text(root)[:8]}"
 
 
@@ -56,8 +58,10 @@ def _run_stage_task(
     config: PipelineConfig,
     inputs: dict[str, Manifest],
     tracking: TrackingHandle,
+    root: str,
     dask_address: str | None = None,
 ) -> StageResult:
+    """The body of every stage task: `run_stage` for the task's stage, its shards on Dask if asked."""
     from prefect.context import get_run_context
 
     spec = STAGES[get_run_context().task.name]
@@ -66,7 +70,7 @@ def _run_stage_task(
         spec,
         config,
         inputs,
-        config.resolved_artifacts_root(),
+        Path(root),
         tracking.tracker(),
         tracking.parent_run_id,
         map_shards=map_shards,
@@ -120,10 +124,32 @@ def run_pipeline(
     """Run the stages `targets` need, each through its Prefect task, under one MLflow parent run."""
     started = time.perf_counter()
     stages = plan(targets)
-    root = config.resolved_artifacts_root()
+    root = artifacts_root(config.artifacts_root)
     root.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker.for_pipeline(root, config.tracking.tracking_uri, config.tracking.experiment)
-    parent = tracker.start_pipeline(
+    uri = tracking_uri(config.tracking.tracking_uri)
+    tracker = Tracker.for_pipeline(root, uri, config.tracking.experiment)
+    parent = _start_parent(tracker, config, stages, root, run_name)
+    handle = TrackingHandle(tracker.tracking_uri, config.tracking.experiment, parent.run_id)
+    run = PipelineRun(parent.run_id, tracker.tracking_uri, tracker.experiment_id)
+    status = "FAILED"
+    cluster = ShardCluster(config.execution)
+    try:
+        for name in stages:
+            run.results[name] = _run_one(STAGES[name], config, root, run, handle, tracker, cluster)
+        status = "FINISHED"
+    finally:
+        cluster.close()
+        run.seconds = time.perf_counter() - started
+        _log_summary(parent, run)
+        tracker.end(parent, status)
+    return run
+
+
+def _start_parent(
+    tracker: Tracker, config: PipelineConfig, stages: list[str], root: Path, run_name: str | None
+) -> MlflowLogger:
+    """The pipeline's MLflow parent run: the whole config as params, preset, stages and root as tags."""
+    return tracker.start_pipeline(
         run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         params=config.model_dump(mode="json"),
         tags={
@@ -132,36 +158,38 @@ def run_pipeline(
             "lmforge.artifacts_root": root,
         },
     )
-    handle = TrackingHandle(tracker.tracking_uri, config.tracking.experiment, parent.run_id)
-    run = PipelineRun(parent.run_id, tracker.tracking_uri, tracker.experiment_id)
-    status = "FAILED"
-    cluster = ShardCluster(config.execution)
+
+
+def _run_one(
+    spec: StageSpec,
+    config: PipelineConfig,
+    root: Path,
+    run: PipelineRun,
+    handle: TrackingHandle,
+    tracker: Tracker,
+    cluster: ShardCluster,
+) -> StageResult:
+    """One stage through its Prefect task, with every upstream manifest of this run as its inputs.
+
+    A folder missing on disk forces the task to run (never a Prefect cache hit for deleted outputs);
+    a Prefect cache hit still gets a child run pointing at the run that built the folder.
+    """
+    inputs = {up: run.results[up].manifest for up in spec.inputs}
+    done = finished_manifest(stage_dir(root, spec.name, spec.hash_for(config, inputs)))
+    address = cluster.address() if spec.sharded and done is None else None
+    t0 = time.perf_counter()
+    state = stage_task(spec, root).with_options(refresh_cache=done is None)(
+        config, inputs, handle, str(root), address, return_state=True
+    )
     try:
-        for name in stages:
-            spec = STAGES[name]
-            inputs = {up: run.results[up].manifest for up in spec.inputs}
-            done = finished_manifest(stage_dir(root, name, spec.hash_for(config, inputs)))
-            address = cluster.address() if spec.sharded and done is None else None
-            t0 = time.perf_counter()
-            state = stage_task(spec, root).with_options(refresh_cache=done is None)(
-                config, inputs, handle, address, return_state=True
-            )
-            try:
-                result: StageResult = state.result()
-            except BaseException as e:
-                run.failed_stage, run.error = name, f"{type(e).__name__}: {e}"
-                raise
-            if state.name == "Cached":
-                result = StageResult(result.manifest, "cached", time.perf_counter() - t0)
-                result.run_id = record_cached(tracker, parent.run_id, spec, result.manifest, inputs)
-            run.results[name] = result
-        status = "FINISHED"
-    finally:
-        cluster.close()
-        run.seconds = time.perf_counter() - started
-        _log_summary(parent, run)
-        tracker.end(parent, status)
-    return run
+        result: StageResult = state.result()
+    except BaseException as e:
+        run.failed_stage, run.error = spec.name, f"{type(e).__name__}: {e}"
+        raise
+    if state.name == "Cached":
+        result = StageResult(result.manifest, "cached", time.perf_counter() - t0)
+        result.run_id = record_cached(tracker, handle.parent_run_id, spec, result.manifest, inputs)
+    return result
 
 
 def _log_summary(parent: MetricLogger, run: PipelineRun) -> None:

@@ -1,15 +1,38 @@
 """The stage registry: every lifecycle stage, in DAG order, with its upstream stages.
 
-Adding a stage = writing its function in `tasks/` and one `StageSpec` line here.
+Adding a stage = writing its function in `tasks/` and one `StageSpec` line here. A stage whose config
+names files the stage reads (a local dataset, a folder of task YAMLs) also gets a `fingerprint` here:
+the runner hashes those files into the stage hash, so `conf/` stays a pure description.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
+from typing import Any
 
+from conf.align_data import AlignDataConfig
+from conf.evaluate import EvaluateConfig
 from tasks import align_data, collect, dedup, evaluate, export, ppo, pretrain, reward, scrub, sft, tokenizer
 from tasks import filter as filter_
+from tasks.common.artifacts import sha256_files, sha256_tree
 from tasks.common.stage import StageSpec
+
+
+def align_data_fingerprint(cfg: AlignDataConfig) -> dict[str, Any]:
+    """The content of local dataset files: editing one re-runs align_data (Hub datasets pin `revision`)."""
+    local = [src.path for src in (*cfg.sft_datasets, *cfg.pref_datasets) if src.is_local]
+    files = sha256_files(local)
+    return {"_dataset_sha256": files} if files else {}
+
+
+def evaluate_fingerprint(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Every file under `lm_eval_include_path`: editing a task YAML or its data re-runs evaluate."""
+    folder = Path(cfg.lm_eval_include_path).expanduser() if cfg.lm_eval_include_path else None
+    if folder is None or not folder.is_dir():
+        return {}
+    return {"_lm_eval_include_sha256": sha256_tree(folder)}
+
 
 STAGES: dict[str, StageSpec] = {
     s.name: s
@@ -50,6 +73,7 @@ STAGES: dict[str, StageSpec] = {
             ("scrub",),
             align_data.STAGE_VERSION,
             key_figure="prefs_eval",
+            fingerprint=align_data_fingerprint,
         ),
         StageSpec(
             "tokenizer",
@@ -92,6 +116,7 @@ STAGES: dict[str, StageSpec] = {
             evaluate.STAGE_VERSION,
             key_figure="eval/win_rate_ppo_vs_sft",
             gate=evaluate.gate,
+            fingerprint=evaluate_fingerprint,
         ),
     ]
 }

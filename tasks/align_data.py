@@ -12,7 +12,6 @@ The train/eval split is by module (`is_eval_module`), so evaluation prompts name
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -26,13 +25,13 @@ from conf.align_data import AlignDataConfig, DatasetSource
 from tasks.common.alignment import EVAL_DOCUMENTS, PREF_FILES, SFT_FILES
 from tasks.common.artifacts import Manifest
 from tasks.common.data import Document, read_documents
-from tasks.common.splits import is_eval_module
+from tasks.common.jsonl import JsonlWriter, iter_jsonl, write_jsonl
+from tasks.common.splits import hash_fraction, hash_rank, is_eval_module
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
 STAGE_VERSION = 1
-
 
 
 class AlignDataError(ValueError):
@@ -50,7 +49,8 @@ _SIG_LINE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")  # 'S.find(sub[, start]) -> 
 
 
 def summary(text: str, max_chars: int) -> str | None:
-    """The docstring's first prose paragraph, whitespace collapsed, cut at the last whole sentence that fits."""
+    """The docstring's first prose paragraph, whitespace collapsed, cut at the last whole sentence that
+    fits."""
     for para in _PARA.split(text.strip()):
         para = _WS.sub(" ", _ROLE.sub(r"`\1`", para)).strip()
         if not para or para.startswith(">>>") or _SIG_LINE.match(para):
@@ -82,22 +82,18 @@ MODULE_TEMPLATES = [
 ]
 
 
-def _rank(key: str, seed: int = 0) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
-
-
 def make_prompt(meta: dict[str, Any], max_signature_chars: int, seed: int = 0) -> str:
     """A question naming the object by module, qualified name and signature; phrasing varies by id hash."""
     module, kind = meta["module"], meta["kind"]
     if kind == "module" or not meta.get("qualname"):
-        return MODULE_TEMPLATES[_rank(module, seed) % len(MODULE_TEMPLATES)].format(module=module)
+        return MODULE_TEMPLATES[hash_rank(module, seed) % len(MODULE_TEMPLATES)].format(module=module)
     sig = meta.get("signature") or ""
     if len(sig) > max_signature_chars:
         sig = "(...)"
     name = f"{meta['qualname']}{sig}"
     if kind == "class":
         name = f"class {name}"
-    template = TEMPLATES[_rank(f"{module}:{meta['qualname']}", seed) % len(TEMPLATES)]
+    template = TEMPLATES[hash_rank(f"{module}:{meta['qualname']}", seed) % len(TEMPLATES)]
     return template.format(what=kind, name=name, module=module)
 
 
@@ -150,7 +146,7 @@ def make_rejected(
     doc_id: str, answer: str, pool: list[tuple[str, str]], weights: dict[str, float], seed: int
 ) -> tuple[str, str] | None:
     """(rejected text, rejected_kind), trying the weighted first choice then the other kinds."""
-    rng = random.Random(_rank(doc_id, seed))
+    rng = random.Random(hash_rank(doc_id, seed))
     kinds = [k for k, w in weights.items() if w > 0]
     first = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
     for kind in [first, *[k for k in kinds if k != first]]:
@@ -201,7 +197,7 @@ def builtin_pairs(cfg: AlignDataConfig, docs: list[Document], counts: Counter) -
         seen_prompts.add(prompt)
         pairs.append(Pair(doc.id, meta["module"], prompt, answer))
     if cfg.max_pairs and len(pairs) > cfg.max_pairs:
-        keep = {p.id for p in sorted(pairs, key=lambda p: _rank(p.id, cfg.seed))[: cfg.max_pairs]}
+        keep = {p.id for p in sorted(pairs, key=lambda p: hash_rank(p.id, cfg.seed))[: cfg.max_pairs]}
         pairs = [p for p in pairs if p.id in keep]
 
     by_module: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -233,16 +229,13 @@ def _read_rows(src: DatasetSource) -> tuple[str, list[dict[str, Any]]]:
         if path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
             return str(path), json.loads(path.read_text(encoding="utf-8"))[: src.max_rows]
         rows = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise AlignDataError(f"{path}:{lineno}: not valid JSON ({e})") from e
+        try:
+            for _, row in iter_jsonl(path):
+                rows.append(row)
                 if src.max_rows and len(rows) >= src.max_rows:
                     break
+        except ValueError as e:  # a line that is not JSON: the message names path:line
+            raise AlignDataError(str(e)) from e
         return str(path), rows
     from datasets import load_dataset
 
@@ -275,7 +268,8 @@ def sft_record(row: dict[str, Any], where: str) -> tuple[list[dict], list[dict]]
     missing = [f for f in ("prompt", "completion") if f not in row]
     if missing:
         raise AlignDataError(
-            f"{where}: missing field {missing[0]!r}: an SFT row needs 'messages', or 'prompt' and 'completion' "
+            f"{where}: missing field {missing[0]!r}: "
+            "an SFT row needs 'messages', or 'prompt' and 'completion' "
             f"(row has: {', '.join(sorted(row)) or 'nothing'})"
         )
     return _messages(row["prompt"], "user", where, "prompt"), _messages(
@@ -288,7 +282,8 @@ def pref_record(row: dict[str, Any], where: str) -> tuple[list[dict], list[dict]
     missing = [f for f in ("chosen", "rejected") if f not in row]
     if missing:
         raise AlignDataError(
-            f"{where}: missing field {missing[0]!r}: a preference row needs 'prompt', 'chosen' and 'rejected' "
+            f"{where}: missing field {missing[0]!r}: "
+            "a preference row needs 'prompt', 'chosen' and 'rejected' "
             f"(row has: {', '.join(sorted(row)) or 'nothing'})"
         )
     if "prompt" in row:
@@ -314,8 +309,9 @@ def pref_record(row: dict[str, Any], where: str) -> tuple[list[dict], list[dict]
 
 
 def _split_of(prompt: list[dict], fraction: float, seed: int) -> str:
-    key = json.dumps(prompt, sort_keys=True)
-    return "eval" if _rank(key, seed) / 2**64 < fraction else "train"
+    """'eval' for about `fraction` of user rows, by a hash of the prompt, so equal prompts never straddle
+    the split."""
+    return "eval" if hash_fraction(json.dumps(prompt, sort_keys=True), seed) < fraction else "train"
 
 
 def user_records(
@@ -355,59 +351,83 @@ def _assistant(content: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": content}]
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+Splits = dict[str, list[dict]]  # "train" / "eval" -> records
 
 
 def align_data(
     cfg: AlignDataConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger
 ) -> StageReport:
+    """Hold out the eval modules' documents, build the pairs, add the user datasets, write both splits."""
     counts: Counter = Counter()
-    sft: dict[str, list[dict]] = {"train": [], "eval": []}
-    prefs: dict[str, list[dict]] = {"train": [], "eval": []}
+    docs = hold_out_documents(cfg, inputs, out / EVAL_DOCUMENTS, counts)
+    sft: Splits = {"train": [], "eval": []}
+    prefs: Splits = {"train": [], "eval": []}
     modules: dict[str, set[str]] = {"train": set(), "eval": set()}
-    eval_docs = 0
-    with open(out / EVAL_DOCUMENTS, "w", encoding="utf-8") as fh:
-        docs = []
-        for manifest in inputs.values():
-            for doc in read_documents(manifest):
-                module = (doc.meta or {}).get("module")
-                if module and is_eval_module(module, cfg.eval_fraction, cfg.seed):
-                    fh.write(json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n")
-                    eval_docs += 1
-                counts["documents_in"] += 1
-                if module:  # only pydocs-like documents can become pairs; keep no others in memory
-                    docs.append(doc)
-    counts["eval_documents"] = eval_docs
-
     if cfg.builtin:
-        for p in builtin_pairs(cfg, docs, counts):
-            split = "eval" if is_eval_module(p.module, cfg.eval_fraction, cfg.seed) else "train"
-            modules[split].add(p.module)
-            base = {"id": p.id, "module": p.module, "prompt": _user(p.prompt)}
-            sft[split].append({**base, "completion": _assistant(p.answer)})
-            if p.rejected is not None:
-                prefs[split].append(
-                    {
-                        **base,
-                        "chosen": _assistant(p.answer),
-                        "rejected": _assistant(p.rejected),
-                        "rejected_kind": p.rejected_kind,
-                    }
-                )
+        add_builtin_records(cfg, builtin_pairs(cfg, docs, counts), sft, prefs, modules)
     for split, recs in user_records(cfg.sft_datasets, "sft", cfg, counts).items():
         sft[split].extend(recs)
     for split, recs in user_records(cfg.pref_datasets, "prefs", cfg, counts).items():
         prefs[split].extend(recs)
+    write_splits(cfg, out, sft, prefs, modules, counts)
+    log_sample(log_, prefs["train"][:20])
+    log.info("align_data: %s", dict(counts))
+    return StageReport(
+        counts=dict(counts),
+        metrics=pair_metrics(sft, counts),
+        extra={"eval_modules": sorted(modules["eval"]), "files": {**SFT_FILES, **PREF_FILES}},
+    )
 
+
+def hold_out_documents(
+    cfg: AlignDataConfig, inputs: dict[str, Manifest], eval_path: Path, counts: Counter
+) -> list[Document]:
+    """List the eval modules' documents in `eval_path` (what the tokenizer decontaminates against) and
+    return the pydocs-like documents (with a module), the only ones that can become pairs."""
+    docs = []
+    with JsonlWriter(eval_path) as held_out:
+        for manifest in inputs.values():
+            for doc in read_documents(manifest):
+                module = (doc.meta or {}).get("module")
+                if module and is_eval_module(module, cfg.eval_fraction, cfg.seed):
+                    held_out.write({"id": doc.id, "text": doc.text})
+                counts["documents_in"] += 1
+                if module:  # keep no other documents in memory
+                    docs.append(doc)
+    counts["eval_documents"] = held_out.count
+    return docs
+
+
+def add_builtin_records(
+    cfg: AlignDataConfig, pairs: list[Pair], sft: Splits, prefs: Splits, modules: dict[str, set[str]]
+) -> None:
+    """Each pair as an SFT record and (when it has a rejected answer) a preference record, split by module."""
+    for p in pairs:
+        split = "eval" if is_eval_module(p.module, cfg.eval_fraction, cfg.seed) else "train"
+        modules[split].add(p.module)
+        base = {"id": p.id, "module": p.module, "prompt": _user(p.prompt)}
+        sft[split].append({**base, "completion": _assistant(p.answer)})
+        if p.rejected is not None:
+            prefs[split].append(
+                {
+                    **base,
+                    "chosen": _assistant(p.answer),
+                    "rejected": _assistant(p.rejected),
+                    "rejected_kind": p.rejected_kind,
+                }
+            )
+
+
+def write_splits(
+    cfg: AlignDataConfig, out: Path, sft: Splits, prefs: Splits, modules: dict[str, set[str]], counts: Counter
+) -> None:
+    """The SFT and preference files of both splits, with their counts; an empty split fails the stage."""
     for split in ("train", "eval"):
         if not sft[split] and not prefs[split]:
             raise AlignDataError(
                 f"align_data made no {split} pairs ({len(modules['train'] | modules['eval'])} modules, "
-                f"eval_fraction={cfg.eval_fraction}): collect more documents or change align_data.eval_fraction/seed"
+                f"eval_fraction={cfg.eval_fraction}): "
+                "collect more documents or change align_data.eval_fraction/seed"
             )
         write_jsonl(out / SFT_FILES[split], sft[split])
         write_jsonl(out / PREF_FILES[split], prefs[split])
@@ -417,14 +437,19 @@ def align_data(
         for kind, n in Counter(r["rejected_kind"] for r in prefs[split]).items():
             counts[f"rejected_{kind}_{split}"] = n
 
+
+def pair_metrics(sft: Splits, counts: Counter) -> dict[str, float]:
     answers = [r["completion"][-1]["content"] for s in sft.values() for r in s]
     prompts = [r["prompt"][-1]["content"] for s in sft.values() for r in s]
-    metrics = {
+    return {
         "mean_prompt_chars": sum(map(len, prompts)) / max(len(prompts), 1),
         "mean_response_chars": sum(map(len, answers)) / max(len(answers), 1),
         "eval_pair_share": counts["sft_eval"] / max(counts["sft_train"] + counts["sft_eval"], 1),
     }
-    sample = prefs["train"][:20]
+
+
+def log_sample(log_: MetricLogger, sample: list[dict]) -> None:
+    """A few preference pairs as an MLflow table, to read what the rejected answers look like."""
     if sample:
         log_.log_table(
             {
@@ -435,9 +460,3 @@ def align_data(
             },
             "align_data/sample_prefs.json",
         )
-    log.info("align_data: %s", dict(counts))
-    return StageReport(
-        counts=dict(counts),
-        metrics=metrics,
-        extra={"eval_modules": sorted(modules["eval"]), "files": {**SFT_FILES, **PREF_FILES}},
-    )

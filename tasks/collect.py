@@ -9,7 +9,6 @@ data later in the lifecycle.
 from __future__ import annotations
 
 import ast
-import hashlib
 import heapq
 import logging
 import sysconfig
@@ -19,12 +18,14 @@ from pathlib import Path
 from conf.collect import CollectConfig, PydocsSource
 from tasks.common.artifacts import Manifest
 from tasks.common.data import Document, ShardWriter
+from tasks.common.jsonl import JsonlWriter
+from tasks.common.splits import hash_rank
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
 from tasks.sources import CollectError, SourceStats, files_documents, hf_documents, warc_documents
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 2  # 2: other source kinds, rejects.jsonl
+STAGE_VERSION = 3  # 2: other source kinds, rejects.jsonl; 3: a capped source samples by hash_rank (sha256)
 
 SKIP_DIRS = {"test", "tests", "__pycache__", "site-packages", "dist-packages", "idle_test", "lib2to3"}
 REJECTS_FILE = "rejects.jsonl"
@@ -114,6 +115,7 @@ def read_python(path: Path, stats: SourceStats) -> str:
 
 
 def pydocs_documents(src: PydocsSource, stats: SourceStats) -> Iterator[Document]:
+    """One document per docstring, in module order; its metadata is what align_data turns into prompts."""
     seen: set[str] = set()
     for label, root in package_roots(src.packages):
         for module, path in module_files(label, root, src.include_private):
@@ -158,19 +160,15 @@ SOURCE_READERS = {
 }
 
 
-def _rank(doc_id: str) -> int:
-    """A stable pseudo-random rank, so a capped source keeps a spread sample, not its first files."""
-    return int.from_bytes(hashlib.sha1(doc_id.encode("utf-8")).digest()[:8], "big")
-
-
 def take(docs: Iterable[Document], cap: int | None) -> Iterator[Document]:
-    """At most `cap` documents chosen by id hash, in their original order; holds only `cap` in memory."""
+    """At most `cap` documents, those of lowest `hash_rank(id)`, in their original order: a spread sample,
+    not a source's first files, and the same on every run. Holds only `cap` documents in memory."""
     if cap is None:
         yield from docs
         return
     heap: list[tuple[int, int, Document]] = []  # max-heap on rank (negated) of the `cap` lowest ranks
     for seq, doc in enumerate(docs):
-        item = (-_rank(doc.id), seq, doc)
+        item = (-hash_rank(doc.id), seq, doc)
         if len(heap) < cap:
             heapq.heappush(heap, item)
         elif item[:2] > heap[0][:2]:
@@ -201,44 +199,61 @@ def quotas(cfg: CollectConfig) -> list[int | None]:
 
 
 def collect(cfg: CollectConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
-    counts: dict[str, int] = {"decode_replacements": 0, "skipped_errors": 0}
-    per_source: dict[str, dict] = {}
+    """Read each source up to its quota into the document shards; list what was skipped in rejects.jsonl."""
     rejects_path = out / REJECTS_FILE
-    with ShardWriter(out, cfg.shard_docs) as writer, open(rejects_path, "w", encoding="utf-8") as rejects:
+    per_source: dict[str, SourceStats] = {}
+    with ShardWriter(out, cfg.shard_docs) as writer, JsonlWriter(rejects_path) as rejects:
         for src, cap in zip(cfg.sources, quotas(cfg), strict=True):
             stats = SourceStats(label=src.label, on_error=cfg.on_error, rejects_sink=rejects)
             for doc in take(unique_ids(SOURCE_READERS[src.kind](src, stats)), cap):
                 writer.write(doc)
                 stats.docs += 1
                 stats.chars += len(doc.text)
-            per_source[src.label] = {
-                "kind": src.kind,
-                "docs": stats.docs,
-                "chars": stats.chars,
-                "decode_replacements": stats.decode_replacements,
-                "rejects": dict(stats.rejects),
-            }
-            counts[f"docs_{src.label}"] = stats.docs
-            counts[f"chars_{src.label}"] = stats.chars
-            for reason, n in sorted(stats.rejects.items()):
-                counts[f"rejected_{src.label}_{reason}"] = n
-            counts["decode_replacements"] += stats.decode_replacements
-            counts["skipped_errors"] += stats.problems
+            per_source[src.label] = stats
             log.info(
                 "collect %s: %d documents, rejects %s", src.label, stats.docs, dict(stats.rejects) or "none"
             )
-        if writer.count == 0:
-            raise CollectError(
-                "collect produced no documents: check collect.sources (paths, globs, text_field, min_chars, "
-                f"max_docs) and the problems listed in {rejects_path}"
-            )
-        counts["documents"] = writer.count
-        counts["chars"] = writer.chars
-    metrics = {"mean_doc_chars": counts["chars"] / counts["documents"]}
-    log_.log_dict(per_source, "collect/sources.json")
+    if writer.count == 0:
+        raise CollectError(
+            "collect produced no documents: check collect.sources (paths, globs, text_field, min_chars, "
+            f"max_docs) and the problems listed in {rejects_path}"
+        )
+    counts = collect_counts(per_source, writer)
+    sources = {src.label: source_summary(src.kind, per_source[src.label]) for src in cfg.sources}
+    log_.log_dict(sources, "collect/sources.json")
     if counts["skipped_errors"]:
         log_.log_artifact(rejects_path, "collect")
     log.info(
         "collected %d documents (%d chars) from %d sources", writer.count, writer.chars, len(cfg.sources)
     )
-    return StageReport(counts=counts, metrics=metrics, extra={"sources": per_source, "rejects": REJECTS_FILE})
+    return StageReport(
+        counts=counts,
+        metrics={"mean_doc_chars": counts["chars"] / counts["documents"]},
+        extra={"sources": sources, "rejects": REJECTS_FILE},
+    )
+
+
+def source_summary(kind: str, stats: SourceStats) -> dict:
+    """What one source gave: in the manifest (`extra.sources`) and in MLflow (collect/sources.json)."""
+    return {
+        "kind": kind,
+        "docs": stats.docs,
+        "chars": stats.chars,
+        "decode_replacements": stats.decode_replacements,
+        "rejects": dict(stats.rejects),
+    }
+
+
+def collect_counts(per_source: dict[str, SourceStats], writer: ShardWriter) -> dict[str, int]:
+    """The manifest counts: per source (docs, chars, rejects by reason), then the totals."""
+    counts: dict[str, int] = {"decode_replacements": 0, "skipped_errors": 0}
+    for label, stats in per_source.items():
+        counts[f"docs_{label}"] = stats.docs
+        counts[f"chars_{label}"] = stats.chars
+        for reason, n in sorted(stats.rejects.items()):
+            counts[f"rejected_{label}_{reason}"] = n
+        counts["decode_replacements"] += stats.decode_replacements
+        counts["skipped_errors"] += stats.problems
+    counts["documents"] = writer.count
+    counts["chars"] = writer.chars
+    return counts

@@ -1,8 +1,9 @@
 """Stage `export`: the final model folder, its Hugging Face model card, and its MLflow registry entry.
 
-The card is written only from recorded facts: the manifests of the whole lineage (walked through each
-manifest's `inputs`) and the stages' MLflow runs (params = resolved configs, metrics). Nothing is
-re-measured here, so every number in the card equals a number logged upstream.
+The card is written only from recorded facts: the manifests of the whole lineage (the stage's inputs:
+the runner hands export every upstream stage) and the stages' MLflow runs (params = resolved configs,
+metrics), read through the `MetricLogger` the runner gives the stage, which also registers the model.
+Nothing is re-measured here, so every number in the card equals a number logged upstream.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from conf.export import ExportConfig
-from tasks.common.artifacts import Manifest, read_manifest
+from tasks.common.artifacts import Manifest
 from tasks.common.stage import StageReport
-from tasks.common.tracking import MetricLogger, flatten
+from tasks.common.tracking import MetricLogger, RunRecord, flatten
 
 log = logging.getLogger(__name__)
 STAGE_VERSION = 1
@@ -48,62 +49,41 @@ EVAL_DESCRIPTIONS = {
 
 
 def lineage(inputs: dict[str, Manifest]) -> dict[str, Manifest]:
-    """Every manifest upstream of `inputs`, by stage name, oldest first.
+    """The manifests export was handed, by stage name, oldest first.
 
-    A manifest names its inputs by content hash; they are looked up among `inputs`, then among the
-    finished folders of that stage beside the manifest's own folder (`<root>/<stage>/*/`).
+    The runner passes export every upstream stage of the run, so the lineage is its inputs; nothing is
+    searched for on disk. Each manifest's recorded inputs (content hashes) are checked against the
+    manifests given, and a mismatch is logged: the card never silently mixes stages of different runs.
     """
-    found: dict[str, Manifest] = {}
-    todo = list(inputs.values())
-    while todo:
-        m = todo.pop()
-        if m.stage in found:
-            continue
-        found[m.stage] = m
+    found = {m.stage: m for m in inputs.values()}
+    for m in found.values():
         for up, content_hash in m.inputs.items():
-            if up in found:
-                continue
-            match = _find_upstream(inputs, m, up, content_hash)
-            if match is None:
+            given = found.get(up)
+            if given is None or given.content_hash != content_hash:
                 log.warning(
-                    "lineage: %s's input %s (%s) not found beside %s", m.stage, up, content_hash, m.path
+                    "lineage: %s's input %s (%s) is not among export's inputs (%s)",
+                    m.stage,
+                    up,
+                    content_hash,
+                    given.content_hash if given else "missing",
                 )
-            else:
-                todo.append(match)
     return dict(sorted(found.items(), key=lambda kv: kv[1].created_at))
 
 
-def _find_upstream(inputs: dict[str, Manifest], m: Manifest, up: str, content_hash: str) -> Manifest | None:
-    if up in inputs and inputs[up].content_hash == content_hash:
-        return inputs[up]
-    for folder in sorted((m.dir.parent.parent / up).glob("*/")):
-        cand = read_manifest(folder)
-        if cand is not None and cand.content_hash == content_hash:
-            return cand
-    return None
-
-
-def mlflow_runs(stages: dict[str, Manifest], tracking_uri: str | None) -> dict[str, dict[str, Any]]:
-    """Each stage's MLflow run (params, metrics, tags), read by the run id its manifest recorded."""
-    if not tracking_uri:
-        return {}
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    runs = {}
+def mlflow_runs(stages: dict[str, Manifest], tracking: MetricLogger) -> dict[str, RunRecord]:
+    """Each stage's MLflow run (params, metrics, tags), read through `tracking` by the run id its manifest
+    recorded; empty without tracking."""
+    runs: dict[str, RunRecord] = {}
     for name, m in stages.items():
         if not m.mlflow_run_id:
             continue
         try:
-            run = client.get_run(m.mlflow_run_id)
-        except Exception as e:  # a run from another tracking store: the manifest still tells the story
+            run = tracking.read_run(m.mlflow_run_id)
+        except LookupError as e:  # a run from another tracking store: the manifest still tells the story
             log.warning("model card: cannot read MLflow run %s of %s (%s)", m.mlflow_run_id, name, e)
             continue
-        runs[name] = {
-            "params": dict(run.data.params),
-            "metrics": dict(run.data.metrics),
-            "tags": dict(run.data.tags),
-        }
+        if run is not None:
+            runs[name] = run
     return runs
 
 
@@ -133,41 +113,53 @@ def stats(m: Manifest) -> str:
 
 
 def training_data(stages: dict[str, Manifest]) -> str:
-    parts = []
-    collect = stages.get("collect")
-    if collect:
-        sources = collect.config.get("sources") or []
-        described = [", ".join(f"{k}={fmt(v)}" for k, v in s.items()) for s in sources]
-        parts.append("**Sources** (collect config): " + ("; ".join(described) or "-"))
+    """Sources, per-stage data statistics, decontamination and the held-out split, as recorded."""
     rows = [(name, stats(stages[name])) for name in (*DATA_STAGES, "tokenizer") if name in stages]
-    parts.append(
+    parts = [
+        data_sources(stages.get("collect")),
         "Documents, tokens, deduplication, PII and filtering statistics per stage:\n\n"
-        + table(("stage", "counts and metrics"), rows)
-    )
+        + table(("stage", "counts and metrics"), rows),
+        decontamination(stages),
+        eval_split(stages.get("align_data")),
+    ]
+    return "\n\n".join(p for p in parts if p)
+
+
+def data_sources(collect: Manifest | None) -> str:
+    if collect is None:
+        return ""
+    sources = collect.config.get("sources") or []
+    described = [", ".join(f"{k}={fmt(v)}" for k, v in s.items()) for s in sources]
+    return "**Sources** (collect config): " + ("; ".join(described) or "-")
+
+
+def decontamination(stages: dict[str, Manifest]) -> str:
     contam = [
         (name, k, v)
         for name, m in stages.items()
         for k, v in {**m.counts, **m.metrics}.items()
         if "contam" in k
     ]
-    if contam:
-        parts.append(
-            "**Decontamination** (documents overlapping the held-out evaluation split, removed "
-            "before tokenizer and model training):\n\n" + table(("stage", "statistic", "value"), contam)
-        )
-    else:
-        parts.append("**Decontamination**: no decontamination statistics were recorded in this lineage.")
-    align = stages.get("align_data")
-    if align:
-        parts.append(
-            f"Evaluation prompts come from whole modules held out by `align_data` "
-            f"(eval_fraction={fmt(align.config.get('eval_fraction'))}): "
-            f"{fmt(align.counts.get('sft_eval'))} SFT pairs, {fmt(align.counts.get('prefs_eval'))} preference pairs."
-        )
-    return "\n\n".join(parts)
+    if not contam:
+        return "**Decontamination**: no decontamination statistics were recorded in this lineage."
+    return (
+        "**Decontamination** (documents overlapping the held-out evaluation split, removed "
+        "before tokenizer and model training):\n\n" + table(("stage", "statistic", "value"), contam)
+    )
 
 
-def training_procedure(stages: dict[str, Manifest], runs: dict[str, dict]) -> str:
+def eval_split(align: Manifest | None) -> str:
+    if align is None:
+        return ""
+    return (
+        f"Evaluation prompts come from whole modules held out by `align_data` "
+        f"(eval_fraction={fmt(align.config.get('eval_fraction'))}): "
+        f"{fmt(align.counts.get('sft_eval'))} SFT pairs, "
+        f"{fmt(align.counts.get('prefs_eval'))} preference pairs."
+    )
+
+
+def training_procedure(stages: dict[str, Manifest], runs: dict[str, RunRecord]) -> str:
     parts = []
     for name in TRAIN_STAGES:
         m = stages.get(name)
@@ -197,8 +189,8 @@ def evaluation(evaluate: Manifest | None) -> str:
     return (
         f"Held-out evaluation (stage `evaluate`, hash `{evaluate.stage_hash}`, MLflow run "
         f"`{evaluate.mlflow_run_id}`): {fmt(evaluate.counts.get('eval_prompts'))} prompts, "
-        f"{fmt(evaluate.counts.get('pref_pairs'))} preference pairs, {fmt(evaluate.counts.get('val_tokens'))} "
-        "validation tokens.\n\n"
+        f"{fmt(evaluate.counts.get('pref_pairs'))} preference pairs, "
+        f"{fmt(evaluate.counts.get('val_tokens'))} validation tokens.\n\n"
         + table(("model", "perplexity", "bits/byte", "ROUGE-L", "reward"), side)
         + "\n\nAll metrics:\n\n"
         + table(("metric", "value", "meaning"), rows)
@@ -238,24 +230,24 @@ def limitations(cfg: ExportConfig, stages: dict[str, Manifest]) -> str:
     return cfg.limitations + ("\n\nFrom this lineage's records:\n\n" + "\n".join(notes) if notes else "")
 
 
-def hardware(m: Manifest, run: dict | None) -> str:
-    """What the stage ran on, as its manifest `extra` or its MLflow run's tags (e.g. `pretrain.device`) say."""
+def hardware(m: Manifest, run: RunRecord | None) -> str:
+    """What the stage ran on: its manifest `extra`, or its MLflow run's tags (e.g. `pretrain.device`)."""
     found = {k: m.extra[k] for k in HARDWARE_KEYS if k in m.extra}
-    for key, value in (run or {}).get("tags", {}).items():
+    for key, value in (run["tags"] if run else {}).items():
         short = key.rsplit(".", 1)[-1]
         if short in HARDWARE_KEYS and not key.startswith("mlflow.") and short not in found:
             found[short] = value
     return ", ".join(f"{k}={fmt(v)}" for k, v in found.items()) or "not recorded"
 
 
-def pretrain_flops(pre: Manifest, run: dict | None) -> list[tuple[str, Any]]:
+def pretrain_flops(pre: Manifest, run: RunRecord | None) -> list[tuple[str, Any]]:
     """FLOPs figures the pretrain stage recorded, and the total they imply for the tokens it trained on."""
     recorded = {**pre.counts, **pre.metrics, **pre.extra}
     rows: list[tuple[str, Any]] = [
         (k, v) for k, v in sorted(recorded.items()) if "flops" in k.lower() or k.endswith("mfu")
     ]
     tokens = pre.counts.get("tokens") or pre.counts.get("tokens_seen")
-    per_token = (run or {}).get("params", {}).get("model.flops_per_token")
+    per_token = run["params"].get("model.flops_per_token") if run else None
     params = pre.counts.get("parameters") or pre.counts.get("params")
     if tokens and per_token:
         rows.append(("training FLOPs = model.flops_per_token x tokens", float(per_token) * tokens))
@@ -264,7 +256,7 @@ def pretrain_flops(pre: Manifest, run: dict | None) -> list[tuple[str, Any]]:
     return rows
 
 
-def compute(stages: dict[str, Manifest], runs: dict[str, dict]) -> str:
+def compute(stages: dict[str, Manifest], runs: dict[str, RunRecord]) -> str:
     rows = [(name, m.seconds, hardware(m, runs.get(name))) for name, m in stages.items()]
     total = sum(m.seconds for m in stages.values())
     text = table(("stage", "wall time (s)", "hardware"), rows) + f"\n\nTotal wall time: {fmt(total)} s."
@@ -313,7 +305,7 @@ def eval_results(evaluate: Manifest | None, stages: dict[str, Manifest]) -> list
     return results
 
 
-def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, dict], architecture: str):
+def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, RunRecord], architecture: str):
     from huggingface_hub import ModelCard, ModelCardData
 
     evaluate = stages.get("evaluate")
@@ -364,36 +356,14 @@ def describe_architecture(model_folder: Path) -> str:
 
 
 def export(cfg: ExportConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
-    if "ppo" not in inputs:
-        raise ValueError(
-            f"export needs the ppo stage's output (its model/ is what gets exported); got {sorted(inputs)}"
-        )
-    ppo = inputs["ppo"]
-    sources = ppo.files_under("model/")
-    if not any(p.name == "config.json" for p in sources):
-        raise FileNotFoundError(f"stage ppo ({ppo.path}) has no model/config.json: nothing to export")
-    model = out / "model"
-    for src in sources:
-        dst = model / src.relative_to(ppo.dir / "model")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
-    ensure_generation_config(model)
-
+    """Copy the PPO policy to `model/`, write its card from the lineage's manifests and MLflow runs (read
+    through `log_`), record the lineage, and register the model through `log_` when tracking is on."""
+    model = copy_policy(inputs, out / "model")
     stages = lineage(inputs)
-    tracking_uri = getattr(log_, "tracking_uri", None)
-    runs = mlflow_runs(stages, tracking_uri)
+    runs = mlflow_runs(stages, log_)
     card = build_card(cfg, stages, runs, describe_architecture(model))
     card.save(model / "README.md")
-    record = {
-        n: {
-            "stage_hash": m.stage_hash,
-            "content_hash": m.content_hash,
-            "mlflow_run_id": m.mlflow_run_id,
-            "path": m.path,
-            "seconds": m.seconds,
-        }
-        for n, m in stages.items()
-    }
+    record = lineage_record(stages)
     (out / "lineage.json").write_text(json.dumps(record, indent=2))
     log_.log_text(card.content, "export/README.md")
     log_.log_dict(record, "export/lineage.json")
@@ -412,6 +382,38 @@ def export(cfg: ExportConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
     )
 
 
+def copy_policy(inputs: dict[str, Manifest], model: Path) -> Path:
+    """The ppo stage's `model/` files, copied to `model`, with a generation config; returns `model`."""
+    if "ppo" not in inputs:
+        raise ValueError(
+            f"export needs the ppo stage's output (its model/ is what gets exported); got {sorted(inputs)}"
+        )
+    ppo = inputs["ppo"]
+    sources = ppo.files_under("model/")
+    if not any(p.name == "config.json" for p in sources):
+        raise FileNotFoundError(f"stage ppo ({ppo.path}) has no model/config.json: nothing to export")
+    for src in sources:
+        dst = model / src.relative_to(ppo.dir / "model")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    ensure_generation_config(model)
+    return model
+
+
+def lineage_record(stages: dict[str, Manifest]) -> dict[str, dict[str, Any]]:
+    """`lineage.json`: each stage's hashes, MLflow run, folder and wall time."""
+    return {
+        n: {
+            "stage_hash": m.stage_hash,
+            "content_hash": m.content_hash,
+            "mlflow_run_id": m.mlflow_run_id,
+            "path": m.path,
+            "seconds": m.seconds,
+        }
+        for n, m in stages.items()
+    }
+
+
 def ensure_generation_config(model: Path) -> None:
     """The exported folder always has a generation_config.json carrying the tokenizer's special ids."""
     if (model / "generation_config.json").exists():
@@ -427,47 +429,38 @@ def ensure_generation_config(model: Path) -> None:
 def register(
     cfg: ExportConfig, log_: MetricLogger, model: Path, stages: dict[str, Manifest]
 ) -> dict[str, Any]:
-    """Log the model folder to the export run and register it as a new model version, tagged with its lineage."""
-    uri, run_id = getattr(log_, "tracking_uri", None), log_.run_id
+    """Register the model folder as a new model version through `log_`, tagged with its lineage."""
     if not cfg.register_model:
         return {}
-    if not (uri and run_id):
+    version = log_.register_model(
+        model,
+        cfg.registered_model_name,
+        tags=registry_tags(stages),
+        description=f"lmforge export of ppo {stages['ppo'].content_hash}" if "ppo" in stages else None,
+        model_tags={"lmforge.kind": "policy"},
+        model_description="PPO policies exported by lmforge; each version's tags point at its lineage.",
+    )
+    if version is None:
         log.warning(
             "export: no MLflow tracking for this run; the model is not registered (%s)",
             cfg.registered_model_name,
         )
         return {}
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    log.info("export: registered %s version %s from %s", version.name, version.version, version.source)
+    return {
+        "registered_model_name": version.name,
+        "registered_model_version": version.version,
+        "model_uri": version.uri,
+        "model_source": version.source,
+    }
 
-    client = MlflowClient(tracking_uri=uri)
-    log_.log_artifact(model, "model")
+
+def registry_tags(stages: dict[str, Manifest]) -> dict[str, str]:
+    """A model version's tags: every lineage stage's hashes and MLflow run."""
     tags: dict[str, str] = {}
     for name, m in stages.items():
         tags[f"lmforge.{name}.stage_hash"] = m.stage_hash
         tags[f"lmforge.{name}.content_hash"] = m.content_hash
         if m.mlflow_run_id:
             tags[f"lmforge.{name}.run_id"] = m.mlflow_run_id
-    try:
-        client.get_registered_model(cfg.registered_model_name)
-    except MlflowException:
-        client.create_registered_model(
-            cfg.registered_model_name,
-            tags={"lmforge.kind": "policy"},
-            description="PPO policies exported by lmforge; each version's tags point at its lineage.",
-        )
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
-    version = client.create_model_version(
-        cfg.registered_model_name,
-        source=source,
-        run_id=run_id,
-        tags=tags,
-        description=f"lmforge export of ppo {stages['ppo'].content_hash}" if "ppo" in stages else None,
-    )
-    log.info("export: registered %s version %s from %s", cfg.registered_model_name, version.version, source)
-    return {
-        "registered_model_name": cfg.registered_model_name,
-        "registered_model_version": int(version.version),
-        "model_uri": f"models:/{cfg.registered_model_name}/{version.version}",
-        "model_source": source,
-    }
+    return tags

@@ -12,7 +12,6 @@ are code, not prose: they are left out of the symbol and ellipsis counts.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -23,6 +22,7 @@ from pathlib import Path
 from conf.filter import FilterConfig
 from tasks.common.artifacts import Manifest
 from tasks.common.data import Document
+from tasks.common.jsonl import write_jsonl
 from tasks.common.shards import ShardJob, ShardMap, first_per_key, map_here, shard_jobs
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
@@ -315,8 +315,8 @@ def filter_shard(cfg: FilterConfig, out: Path, job: ShardJob) -> FilterPart:
                 continue
             dropped[reason] += 1
             if dropped[reason] <= cfg.samples_per_reason:
-                samples.append({"reason": reason, "id": doc.id, "source": doc.source, "words": len(words(doc.text)),
-                                "text": doc.text[:SAMPLE_CHARS]})  # fmt: skip
+                samples.append({"reason": reason, "id": doc.id, "source": doc.source,
+                                "words": len(words(doc.text)), "text": doc.text[:SAMPLE_CHARS]})  # fmt: skip
     return FilterPart(total, chars_in, writer.count, writer.chars, dropped, samples)
 
 
@@ -327,7 +327,8 @@ def filter_documents(
     log_: MetricLogger,
     map_shards: ShardMap | None = None,
 ) -> StageReport:
-    """Map `filter_shard` over the input shards, then add up the counts and keep the first samples per reason."""
+    """Map `filter_shard` over the input shards, then add up the counts and keep the first samples per
+    reason: the same result as one pass over the whole input, whichever map ran the shards."""
     source = next(iter(inputs.values()))
     parts = (map_shards or map_here)(partial(filter_shard, cfg, out), shard_jobs(source))
     total = sum(p.total for p in parts)
@@ -336,30 +337,34 @@ def filter_documents(
     kept, kept_chars, chars_in = (
         sum(getattr(p, f) for p in parts) for f in ("kept", "kept_chars", "chars_in")
     )
-    names = list(parts[0].dropped)  # every part counts every filter, zeros included, in filter order
-    dropped: Counter[str] = Counter(dict.fromkeys(names, 0))
-    for p in parts:
-        dropped.update(p.dropped)  # update, not +: a Counter sum drops the zero counts
-    samples_path = out / SAMPLES_FILE
-    with open(samples_path, "w", encoding="utf-8") as fh:
-        for rec in first_per_key((s for p in parts for s in p.samples), "reason", cfg.samples_per_reason):
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    dropped = dropped_by_reason(parts)
+    samples = first_per_key((s for p in parts for s in p.samples), "reason", cfg.samples_per_reason)
+    write_jsonl(out / SAMPLES_FILE, samples)
     counts = {"documents_in": total, "documents": kept, "chars": kept_chars, "dropped": total - kept}
     counts.update({f"dropped_{reason}": n for reason, n in sorted(dropped.items())})
     metrics = {
         "dropped_share": (total - kept) / total,
         "kept_chars_share": kept_chars / chars_in if chars_in else 0.0,
     }
-    log_.log_artifact(samples_path, "filter")
+    log_.log_artifact(out / SAMPLES_FILE, "filter")
     log.info("filter: %d in, %d kept, drops %s", total, kept, {k: v for k, v in dropped.items() if v})
-    return StageReport(counts=counts, metrics=metrics, extra={"filters": names})
+    return StageReport(counts=counts, metrics=metrics, extra={"filters": list(dropped)})
+
+
+def dropped_by_reason(parts: list[FilterPart]) -> Counter[str]:
+    """Drops per filter over all shards, every filter listed (zeros included), in filter order."""
+    dropped: Counter[str] = Counter(dict.fromkeys(parts[0].dropped, 0))  # every part counts every filter
+    for p in parts:
+        dropped.update(p.dropped)  # update, not +: a Counter sum drops the zero counts
+    return dropped
 
 
 def gate(cfg: FilterConfig, manifest: Manifest) -> str | None:
     share = manifest.metrics.get("dropped_share", 0.0)
     if share > cfg.max_dropped_share:
         return (
-            f"filter dropped {share:.1%} of documents, more than filter.max_dropped_share={cfg.max_dropped_share}; "
+            f"filter dropped {share:.1%} of documents, "
+            f"more than filter.max_dropped_share={cfg.max_dropped_share}; "
             f"see {SAMPLES_FILE} in {manifest.path} for examples per reason"
         )
     return None

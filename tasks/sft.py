@@ -11,17 +11,15 @@ weights with `merge_and_unload`, + tokenizer): the reward model and PPO start fr
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from conf.base import TrainLoop
 from conf.sft import SftConfig
 from tasks.common.alignment import SFT_FILES
 from tasks.common.artifacts import Manifest
+from tasks.common.generation import chat_prompt_ids, generate_batched, generation_config
 from tasks.common.hf_callback import MetricLoggerCallback
-from tasks.common.jsonl import read_jsonl
 from tasks.common.models import (
     count_parameters,
     has_cuda,
@@ -30,51 +28,24 @@ from tasks.common.models import (
     model_dir,
     save_model_folder,
     torch_threads,
-    trainer_args,
 )
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
+from tasks.common.training import (
+    load_records,
+    loop_args,
+    lora_config,
+    loss_ends,
+    remove_trainer_dir,
+    warn_if_longer_than_trained,
+)
 
 log = logging.getLogger(__name__)
 STAGE_VERSION = 1
-TRAINER_DIR = ".trainer"  # the Trainer's scratch output_dir, removed before the stage ends
-
-
-def loop_args(cfg: TrainLoop, out: Path, max_length: int, evaluate: bool = True) -> dict[str, Any]:
-    """TrainingArguments shared by the sft and reward stages, from our config."""
-    eval_steps = cfg.eval_steps or 5 * cfg.logging_steps
-    return {
-        "output_dir": str(out / TRAINER_DIR),
-        "learning_rate": cfg.learning_rate,
-        "num_train_epochs": cfg.epochs,
-        "max_steps": cfg.max_steps or -1,
-        "per_device_train_batch_size": cfg.batch_size,
-        "per_device_eval_batch_size": cfg.eval_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "warmup_steps": cfg.warmup_ratio,
-        "weight_decay": cfg.weight_decay,
-        "lr_scheduler_type": cfg.lr_scheduler,
-        "seed": cfg.seed,
-        "max_length": max_length,
-        "logging_steps": cfg.logging_steps,
-        "logging_first_step": True,
-        "eval_strategy": "steps" if evaluate else "no",
-        "eval_steps": eval_steps,
-        **trainer_args(cfg.bf16),
-    }
-
-
-def load_records(manifest: Manifest, name: str, limit: int | None, columns: list[str]):
-    """One of align_data's JSONL files as a `datasets.Dataset` with only `columns` (first `limit` rows)."""
-    from datasets import Dataset
-
-    rows = read_jsonl(manifest.file(name))
-    if limit:
-        rows = rows[:limit]
-    return Dataset.from_list([{c: r[c] for c in columns} for r in rows]) if rows else None
 
 
 def check_target_modules(model: Any, names: list[str]) -> None:
+    """Fail on target modules that match nothing (peft would train no adapter), warn on partial matches."""
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [n for n in names if n not in present]
     if len(missing) == len(names):
@@ -86,36 +57,12 @@ def check_target_modules(model: Any, names: list[str]) -> None:
         log.warning("sft.target_modules not in the model (ignored by LoRA): %s", ", ".join(missing))
 
 
-def warn_if_longer_than_trained(model: Any, max_length: int, section: str) -> None:
-    """RoPE models run past their pretraining context, but less well: say so rather than cut the data."""
-    trained = getattr(model.config, "max_position_embeddings", None)
-    if trained and max_length > trained:
-        log.warning(
-            "%s.max_length=%d exceeds the model's pretraining context (%d): longer sequences are allowed "
-            "but the model has not seen such positions",
-            section,
-            max_length,
-            trained,
-        )
-
-
 def sample_answers(model: Any, tok: Any, prompts: list[list[dict]], max_new_tokens: int = 48) -> list[str]:
-    """Greedy answers to a few prompts, for a human look in MLflow."""
-    import torch
-
+    """Greedy answers to a few prompts, for a human look in MLflow (one at a time: no padding)."""
     model.eval()
-    answers = []
-    for prompt in prompts:
-        ids = tok.apply_chat_template(
-            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        ids = {k: v.to(model.device) for k, v in ids.items()}
-        with torch.no_grad():
-            gen = model.generate(
-                **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-            )
-        answers.append(tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
-    return answers
+    gen = generation_config(tok.eos_token_id, tok.pad_token_id, max_new_tokens)
+    answers = generate_batched(model, [chat_prompt_ids(tok, p) for p in prompts], gen, batch_size=1)
+    return tok.batch_decode(answers, skip_special_tokens=True)
 
 
 def plain_loss_trainer_class() -> type:
@@ -153,7 +100,6 @@ def build_trainer(
     cfg: SftConfig, model: Any, tok: Any, train: Any, evals: Any, out: Path, callbacks: list
 ) -> Any:
     """The configured `SFTTrainer` (LoRA-wrapped model, tokenized datasets with prompt tokens masked)."""
-    from peft import LoraConfig
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
@@ -165,13 +111,7 @@ def build_trainer(
         assistant_only_loss=False,
         packing=False,
     )
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules),
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
     trainer_cls = SFTTrainer if has_cuda() else plain_loss_trainer_class()
     return trainer_cls(
         model=model,
@@ -193,53 +133,14 @@ def train_sft(cfg: SftConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
     base = model_dir(inputs["pretrain"])
     tok = load_tokenizer(base)
     model = load_causal_lm(base)
-    columns = ["prompt", "completion"]
-    train = load_records(inputs["align_data"], SFT_FILES["train"], cfg.max_train_samples, columns)
-    evals = load_records(inputs["align_data"], SFT_FILES["eval"], cfg.max_eval_samples, columns)
-    if train is None:
-        raise ValueError(
-            f"align_data ({inputs['align_data'].path}) has no SFT training pairs in {SFT_FILES['train']}"
-        )
+    train, evals = read_pairs(cfg, inputs["align_data"])
     callback = MetricLoggerCallback(log_)
     trainer = build_trainer(cfg, model, tok, train, evals, out, [callback])
-    metrics: dict[str, float] = {}
+    metrics = fit(trainer, evals is not None, callback)
+    trainable = count_parameters(trainer.model, trainable_only=True)
+    merged = save_outputs(trainer.model, tok, out)
     if evals is not None:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-    started = time.perf_counter()
-    result = trainer.train()
-    metrics["train_seconds"] = time.perf_counter() - started
-    metrics["train_loss"] = result.training_loss
-    if evals is not None:
-        final = trainer.evaluate()
-        metrics["eval_loss"] = final["eval_loss"]
-        if "eval_mean_token_accuracy" in final:
-            metrics["eval_token_accuracy"] = final["eval_mean_token_accuracy"]
-    losses = callback.series("train/loss")
-    if losses:
-        metrics["train_loss_first"], metrics["train_loss_last"] = losses[0], losses[-1]
-    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
-    if tokens:
-        metrics["tokens_per_s"] = tokens / metrics["train_seconds"]
-
-    peft_model = trainer.model
-    peft_model.save_pretrained(str(out / "adapter"))
-    tok.save_pretrained(str(out / "adapter"))
-    trainable = count_parameters(peft_model, trainable_only=True)
-    merged = peft_model.merge_and_unload()
-    save_model_folder(merged, tok, out / "model")
-    shutil.rmtree(out / TRAINER_DIR, ignore_errors=True)
-
-    if evals is not None:
-        prompts = [evals[i]["prompt"] for i in range(min(4, len(evals)))]
-        answers = sample_answers(merged, tok, prompts)
-        log_.log_table(
-            {
-                "prompt": [p[-1]["content"] for p in prompts],
-                "reference": [evals[i]["completion"][-1]["content"] for i in range(len(prompts))],
-                "answer": answers,
-            },
-            "sft/samples.json",
-        )
+        log_.log_table(sample_table(merged, tok, evals), "sft/samples.json")
     log_.log_artifact(out / "adapter", "adapter")
     log.info("sft: %s", {k: round(v, 4) for k, v in metrics.items()})
     return StageReport(
@@ -253,3 +154,55 @@ def train_sft(cfg: SftConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
         metrics=metrics,
         extra={"base_model": str(base), "max_length": trainer.args.max_length},
     )
+
+
+def read_pairs(cfg: SftConfig, align: Manifest) -> tuple[Any, Any]:
+    """(train, eval) prompt-completion datasets; eval is None when align_data held none out."""
+    columns = ["prompt", "completion"]
+    train = load_records(align, SFT_FILES["train"], cfg.max_train_samples, columns)
+    evals = load_records(align, SFT_FILES["eval"], cfg.max_eval_samples, columns)
+    if train is None:
+        raise ValueError(f"align_data ({align.path}) has no SFT training pairs in {SFT_FILES['train']}")
+    return train, evals
+
+
+def fit(trainer: Any, evaluate: bool, callback: MetricLoggerCallback) -> dict[str, float]:
+    """Train, measuring the held-out loss before and after (when there is held-out data) and the speed."""
+    metrics: dict[str, float] = {}
+    if evaluate:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    started = time.perf_counter()
+    result = trainer.train()
+    metrics["train_seconds"] = time.perf_counter() - started
+    metrics["train_loss"] = result.training_loss
+    if evaluate:
+        final = trainer.evaluate()
+        metrics["eval_loss"] = final["eval_loss"]
+        if "eval_mean_token_accuracy" in final:
+            metrics["eval_token_accuracy"] = final["eval_mean_token_accuracy"]
+    metrics.update(loss_ends(callback))
+    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    if tokens:
+        metrics["tokens_per_s"] = tokens / metrics["train_seconds"]
+    return metrics
+
+
+def save_outputs(peft_model: Any, tok: Any, out: Path) -> Any:
+    """Write `adapter/` (adapter + tokenizer) and `model/` (merged + tokenizer); returns the merged model."""
+    peft_model.save_pretrained(str(out / "adapter"))
+    tok.save_pretrained(str(out / "adapter"))
+    merged = peft_model.merge_and_unload()
+    save_model_folder(merged, tok, out / "model")
+    remove_trainer_dir(out)
+    return merged
+
+
+def sample_table(model: Any, tok: Any, evals: Any, n: int = 4) -> dict[str, list]:
+    """The first `n` held-out prompts with their reference and the tuned model's greedy answer."""
+    rows = [evals[i] for i in range(min(n, len(evals)))]
+    prompts = [r["prompt"] for r in rows]
+    return {
+        "prompt": [p[-1]["content"] for p in prompts],
+        "reference": [r["completion"][-1]["content"] for r in rows],
+        "answer": sample_answers(model, tok, prompts),
+    }

@@ -27,6 +27,7 @@ import zstandard
 
 from conf.collect import FilesSource, HfSource, WarcSource
 from tasks.common.data import Document
+from tasks.common.jsonl import JsonlWriter, json_lines
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class SourceStats:
 
     label: str = ""
     on_error: str = "skip"
-    rejects_sink: IO[str] | None = None
+    rejects_sink: JsonlWriter | None = None
     docs: int = 0
     chars: int = 0
     decode_replacements: int = 0
@@ -75,7 +76,7 @@ class SourceStats:
                 "reason": reason,
                 "error": str(error),
             }
-            self.rejects_sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self.rejects_sink.write(rec)
 
     def decode(self, raw: bytes, encoding: str = "utf-8") -> str:
         """Text from bytes; bytes invalid in `encoding` become U+FFFD and are counted."""
@@ -211,22 +212,26 @@ def read_jsonl_lines(
     src: FilesSource, path: Path, lines: Iterator[str], stats: SourceStats
 ) -> Iterator[Document]:
     """One record per line; a broken line is a problem, a file that stops being readable ends the file."""
-    lineno = 0
+    read = 0  # lines read so far, blank ones included: a read error is on the line after them
+
+    def counted() -> Iterator[str]:
+        nonlocal read
+        for line in lines:
+            read += 1
+            yield line
+
     try:
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
+        for line in json_lines(counted()):
+            if line.error is not None:
+                stats.problem("bad_json", path, line.error, line=line.lineno)
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                stats.problem("bad_json", path, e, line=lineno)
-                continue
-            meta = {"path": str(path), "line": lineno}
-            doc = record_document(src, rec, path, f"{path}:{lineno}", meta, stats, {"line": lineno})
+            meta = {"path": str(path), "line": line.lineno}
+            where = {"line": line.lineno}
+            doc = record_document(src, line.value, path, f"{path}:{line.lineno}", meta, stats, where)
             if doc:
                 yield doc
     except READ_ERRORS as e:
-        stats.problem("unreadable_file", path, e, line=lineno + 1)
+        stats.problem("unreadable_file", path, e, line=read + 1)
 
 
 def read_jsonl(src: FilesSource, path: Path, stats: SourceStats) -> Iterator[Document]:
@@ -381,7 +386,8 @@ def html_charset(content_type: str, body: bytes) -> str:
 
 
 def warc_pages(path: Path, stats: SourceStats, pos: list[int]) -> Iterator[tuple[int, Any, str, bytes]]:
-    """(offset, WARC headers, content type, body) of each HTML response; `pos[0]`: where the next record starts."""
+    """(offset, WARC headers, content type, body) of each HTML response; `pos[0]` is kept at where the
+    next record starts, so a read error can say where the file broke."""
     from warcio.archiveiterator import ArchiveIterator
 
     with open(path, "rb") as fh:
@@ -392,9 +398,8 @@ def warc_pages(path: Path, stats: SourceStats, pos: list[int]) -> Iterator[tuple
             html = "html" in ctype.lower()
             body = rec.content_stream().read() if html else b""
             offset = records.get_record_offset()  # (reads the rest of the record)
-            missing = getattr(
-                rec.raw_stream, "limit", 0
-            )  # warcio returns a truncated record's remains silently
+            # warcio returns a truncated record's remains silently; what is left unread says so
+            missing = getattr(rec.raw_stream, "limit", 0)
             if missing:
                 raise EOFError(
                     f"WARC record at offset {offset} is truncated: {missing} of {rec.length} bytes missing"
@@ -405,48 +410,48 @@ def warc_pages(path: Path, stats: SourceStats, pos: list[int]) -> Iterator[tuple
             elif response:
                 stats.rejects["not_html"] += 1
     size = path.stat().st_size
-    if (
-        size - pos[0] > 4
-    ):  # warcio stops quietly at a cut in a record's headers (4: a plain WARC's last CRLFCRLF)
+    # warcio stops quietly at a cut in a record's headers (4 bytes: a plain WARC's last CRLFCRLF)
+    if size - pos[0] > 4:
         raise EOFError(f"{size - pos[0]} bytes after the last complete record could not be read (truncated?)")
 
 
 def warc_documents(src: WarcSource, stats: SourceStats) -> Iterator[Document]:
-    import trafilatura
     from warcio.exceptions import ArchiveLoadFailed
 
     for path in expand(src.paths, stats):
         pos = [0]
         try:
             for offset, headers, ctype, body in warc_pages(path, stats, pos):
-                url = headers.get_header("WARC-Target-URI")
-                text = trafilatura.extract(
-                    stats.decode(body, html_charset(ctype, body)),
-                    url=url,
-                    include_comments=False,
-                    include_tables=src.include_tables,
-                    favor_precision=src.favor_precision,
-                )
-                if not text:
-                    stats.rejects["no_text"] += 1
-                    continue
-                if len(text) < src.min_chars:
-                    stats.rejects["too_short"] += 1
-                    continue
-                record_id = (headers.get_header("WARC-Record-ID") or f"{path}@{offset}").strip("<>")
-                meta = {
-                    "url": url,
-                    "date": headers.get_header("WARC-Date"),
-                    "path": str(path),
-                    "offset": offset,
-                }
-                yield Document(id=f"{src.label}:{record_id}", text=text, source=src.label, meta=meta)
+                doc = page_document(src, stats, path, offset, headers, ctype, body)
+                if doc:
+                    yield doc
         except CollectError:
             raise
-        except (
-            ArchiveLoadFailed,
-            *READ_ERRORS,
-            AttributeError,
-            TypeError,
-        ) as e:  # warcio's parse errors vary
+        # warcio's parse errors vary
+        except (ArchiveLoadFailed, *READ_ERRORS, AttributeError, TypeError) as e:
             stats.problem("unreadable_file", path, f"{type(e).__name__}: {e}", offset=pos[0])
+
+
+def page_document(
+    src: WarcSource, stats: SourceStats, path: Path, offset: int, headers: Any, ctype: str, body: bytes
+) -> Document | None:
+    """The main text of one HTML response as a document, or None (no text, or too short: counted)."""
+    import trafilatura
+
+    url = headers.get_header("WARC-Target-URI")
+    text = trafilatura.extract(
+        stats.decode(body, html_charset(ctype, body)),
+        url=url,
+        include_comments=False,
+        include_tables=src.include_tables,
+        favor_precision=src.favor_precision,
+    )
+    if not text:
+        stats.rejects["no_text"] += 1
+        return None
+    if len(text) < src.min_chars:
+        stats.rejects["too_short"] += 1
+        return None
+    record_id = (headers.get_header("WARC-Record-ID") or f"{path}@{offset}").strip("<>")
+    meta = {"url": url, "date": headers.get_header("WARC-Date"), "path": str(path), "offset": offset}
+    return Document(id=f"{src.label}:{record_id}", text=text, source=src.label, meta=meta)

@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from conf.tokenizer import SPECIAL_TOKENS, TokenizerConfig
 from tasks.common.alignment import EVAL_DOCUMENTS
 from tasks.common.artifacts import Manifest
-from tasks.common.data import Document, iter_jsonl, read_documents
+from tasks.common.data import Document, read_documents
+from tasks.common.jsonl import JsonlWriter, iter_jsonl
+from tasks.common.splits import hash_fraction
 from tasks.common.stage import StageReport
 from tasks.common.tokens import INDEX_FILE, TokenShardWriter
 from tasks.common.tracking import MetricLogger
@@ -45,7 +47,8 @@ SPLIT_NAMES = {TRAIN: "train", VAL: "val"}
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|assistant|>\\n' }}{% generation %}{{ message['content'] }}{{ '<|eos|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{{ '<|assistant|>\\n' }}{% generation %}{{ message['content'] }}{{ '<|eos|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
     "{%- elif message['role'] in ['system', 'user'] -%}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
     "{%- else -%}"
@@ -63,13 +66,14 @@ _WORDS = re.compile(r"\w+")
 
 def split_of(doc_id: str, val_fraction: float, seed: int = 0) -> int:
     """TRAIN or VAL by a hash of the document id: stable across runs, machines and corpus order."""
-    digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
-    return VAL if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else TRAIN
+    return VAL if hash_fraction(doc_id, seed) < val_fraction else TRAIN
 
 
-def word_ngrams(text: str, n: int) -> set[str]:
+def word_ngrams(text: str, n: int) -> list[str]:
+    """Lowercased word n-grams in text order (a list, not a set: set order changes with the process's
+    string hash seed, and the decontamination report names the first overlapping n-gram)."""
     words = _WORDS.findall(text.lower())
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 class Decontaminator:
@@ -199,21 +203,35 @@ def document_input(inputs: dict[str, Manifest]) -> Manifest:
 def train_tokenizer(
     cfg: TokenizerConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger
 ) -> StageReport:
+    """Plan the splits (decontaminating), train on train, save, encode both splits, then report."""
     corpus = document_input(inputs)
     align = inputs.get(ALIGN_INPUT)
     decon = Decontaminator.from_manifest(align, cfg.decontam_ngram) if align else None
     reports = out / "reports"
     reports.mkdir(parents=True, exist_ok=True)
+    plan, reasons = plan_splits(corpus, decon, cfg, reports / "decontaminated.jsonl")
+    with tokenizers_parallelism(cfg.parallel):
+        tok = train_bpe(_train_texts(corpus, plan, cfg.train_max_chars), cfg, length=plan.count(TRAIN))
+        wrap(tok, cfg.model_max_length).save_pretrained(str(out / TOKENIZER_DIR))
+        ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+        encoded = encode_corpus(tok, corpus, plan, cfg, out, ids)
+    write_reports(tok, corpus, plan, encoded.usage, reports, out, log_)
+    return stage_report(plan, reasons, encoded, ids, tok.get_vocab_size(), align)
 
-    # 1. plan: a split (or DROP) per document, in corpus order
+
+def plan_splits(
+    corpus: Manifest, decon: Decontaminator | None, cfg: TokenizerConfig, dropped_path: Path
+) -> tuple[bytearray, dict[str, int]]:
+    """A split (or DROP) per document, in corpus order, and the drops by reason (each listed in
+    `dropped_path`); fails when either split would be empty."""
     plan = bytearray()
     reasons: dict[str, int] = {}
-    with open(reports / "decontaminated.jsonl", "w", encoding="utf-8") as dropped:
+    with JsonlWriter(dropped_path) as dropped:
         for doc in read_documents(corpus):
             why = decon.check(doc) if decon else None
             if why:
                 reasons[why["reason"]] = reasons.get(why["reason"], 0) + 1
-                dropped.write(json.dumps(why, ensure_ascii=False) + "\n")
+                dropped.write(why)
                 plan.append(DROP)
             else:
                 plan.append(split_of(doc.id, cfg.val_fraction, cfg.split_seed))
@@ -224,48 +242,65 @@ def train_tokenizer(
             f"({n_docs[DROP]} dropped by decontamination): both splits need at least one; "
             f"adjust tokenizer.val_fraction={cfg.val_fraction} or feed more documents"
         )
+    return plan, reasons
 
-    with tokenizers_parallelism(cfg.parallel):
-        # 2. train on the train split
-        tok = train_bpe(_train_texts(corpus, plan, cfg.train_max_chars), cfg, length=n_docs[TRAIN])
-        hf = wrap(tok, cfg.model_max_length)
-        hf.save_pretrained(str(out / TOKENIZER_DIR))
-        ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
-        vocab_size = tok.get_vocab_size()
 
-        # 3. encode everything; text that spells a control token ("<|eos|>") stays plain text
-        tok.encode_special_tokens = True
-        writer = TokenShardWriter(
-            out,
-            vocab_size,
-            eos_id=ids[EOS],
-            bos_id=ids[BOS],
-            pad_id=ids[PAD],
-            shard_tokens=cfg.shard_tokens,
-            splits={"train": [], "val": []},
-        )
-        text_bytes = {TRAIN: 0, VAL: 0}
-        text_tokens = {TRAIN: 0, VAL: 0}
-        usage = np.zeros(vocab_size, dtype=np.int64)
-        for batch in _batches(corpus, plan, cfg.batch_docs):
-            encodings = tok.encode_batch([d.text for _, d in batch])
-            for split in (TRAIN, VAL):
-                arrays = []
-                for (s, doc), enc in zip(batch, encodings, strict=True):
-                    if s != split:
-                        continue
-                    arrays.append(np.asarray(enc.ids + [ids[EOS]], dtype=np.int64))
-                    text_bytes[split] += len(doc.text.encode("utf-8"))
-                    text_tokens[split] += len(enc.ids)
-                if arrays:
-                    arr = np.concatenate(arrays)
-                    usage += np.bincount(arr, minlength=vocab_size)
-                    writer.write(SPLIT_NAMES[split], arr)
-        index = writer.close()
+@dataclass
+class Encoded:
+    """What encoding the corpus gave: the token shard index, text bytes and tokens per split, token usage."""
 
-    # 4. reports
-    bpt = {s: text_bytes[s] / max(text_tokens[s], 1) for s in (TRAIN, VAL)}
-    used_share = float((usage > 0).sum() / vocab_size)
+    index: dict
+    text_bytes: dict[int, int]
+    text_tokens: dict[int, int]
+    usage: np.ndarray
+
+
+def encode_corpus(
+    tok: Tokenizer, corpus: Manifest, plan: bytearray, cfg: TokenizerConfig, out: Path, ids: dict[str, int]
+) -> Encoded:
+    """Both splits as token shards, each document followed by EOS; text that spells a control token
+    ("<|eos|>") stays plain text."""
+    vocab_size = tok.get_vocab_size()
+    tok.encode_special_tokens = True
+    writer = TokenShardWriter(
+        out,
+        vocab_size,
+        eos_id=ids[EOS],
+        bos_id=ids[BOS],
+        pad_id=ids[PAD],
+        shard_tokens=cfg.shard_tokens,
+        splits={"train": [], "val": []},
+    )
+    text_bytes = {TRAIN: 0, VAL: 0}
+    text_tokens = {TRAIN: 0, VAL: 0}
+    usage = np.zeros(vocab_size, dtype=np.int64)
+    for batch in _batches(corpus, plan, cfg.batch_docs):
+        encodings = tok.encode_batch([d.text for _, d in batch])
+        for split in (TRAIN, VAL):
+            arrays = []
+            for (s, doc), enc in zip(batch, encodings, strict=True):
+                if s != split:
+                    continue
+                arrays.append(np.asarray(enc.ids + [ids[EOS]], dtype=np.int64))
+                text_bytes[split] += len(doc.text.encode("utf-8"))
+                text_tokens[split] += len(enc.ids)
+            if arrays:
+                arr = np.concatenate(arrays)
+                usage += np.bincount(arr, minlength=vocab_size)
+                writer.write(SPLIT_NAMES[split], arr)
+    return Encoded(writer.close(), text_bytes, text_tokens, usage)
+
+
+def write_reports(
+    tok: Tokenizer,
+    corpus: Manifest,
+    plan: bytearray,
+    usage: np.ndarray,
+    reports: Path,
+    out: Path,
+    log_: MetricLogger,
+) -> None:
+    """The longest tokens and a segmented validation document, to eyeball the merges; all logged."""
     longest = _longest_tokens(tok, usage, 50)
     (reports / "longest_tokens.json").write_text(
         json.dumps(longest, indent=1, ensure_ascii=False), encoding="utf-8"
@@ -277,6 +312,18 @@ def train_tokenizer(
     log_.log_artifact(out / TOKENIZER_DIR, TOKENIZER_DIR)
     log_.log_artifact(reports / "decontaminated.jsonl", "reports")
 
+
+def stage_report(
+    plan: bytearray,
+    reasons: dict[str, int],
+    encoded: Encoded,
+    ids: dict[str, int],
+    vocab_size: int,
+    align: Manifest | None,
+) -> StageReport:
+    n_docs = {s: plan.count(s) for s in (DROP, TRAIN, VAL)}
+    splits = encoded.index["splits"]
+    bpt = {s: encoded.text_bytes[s] / max(encoded.text_tokens[s], 1) for s in (TRAIN, VAL)}
     counts = {
         "documents_in": len(plan),
         "documents": n_docs[TRAIN] + n_docs[VAL],
@@ -285,14 +332,14 @@ def train_tokenizer(
         "decontaminated_overlap": reasons.get("overlap", 0),
         "train_docs": n_docs[TRAIN],
         "val_docs": n_docs[VAL],
-        "train_tokens": sum(s["tokens"] for s in index["splits"]["train"]),
-        "val_tokens": sum(s["tokens"] for s in index["splits"]["val"]),
+        "train_tokens": sum(s["tokens"] for s in splits["train"]),
+        "val_tokens": sum(s["tokens"] for s in splits["val"]),
         "vocab_size": vocab_size,
     }
     metrics = {
         "bytes_per_token_val": bpt[VAL],
         "bytes_per_token_train": bpt[TRAIN],
-        "vocab_used_share": used_share,
+        "vocab_used_share": float((encoded.usage > 0).sum() / vocab_size),
     }
     log.info(
         "tokenizer: vocab %d, %d train / %d val tokens, %.3f bytes/token on val, %d docs decontaminated",
@@ -339,7 +386,8 @@ def _batches(corpus: Manifest, plan: bytearray, size: int) -> Iterator[list[tupl
 
 
 def _longest_tokens(tok: Tokenizer, usage: np.ndarray, k: int) -> list[dict]:
-    """The k longest tokens by byte length (longest first, then by id), with how often the corpus uses them."""
+    """The k longest tokens by byte length (longest first, then by id), with how often the corpus uses
+    them."""
     raw = token_bytes(tok)
     top = sorted(raw, key=lambda i: (-len(raw[i]), i))[:k]
     return [

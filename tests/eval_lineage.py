@@ -11,15 +11,16 @@ child run (params = config, metrics = the manifest's), as the runner would have 
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tasks.common.alignment import EVAL_DOCUMENTS, PREF_FILES, SFT_FILES
 from tasks.common.artifacts import Manifest, write_manifest
 from tasks.common.data import Document, ShardWriter
+from tasks.common.jsonl import write_jsonl
 from tasks.common.models import save_model_folder
 from tasks.common.tokens import TokenShardWriter
 from tests import helpers
@@ -89,6 +90,26 @@ def messages(role: str, text: str) -> list[dict]:
     return [{"role": role, "content": text}]
 
 
+def align_rows(split: str, sents: list[str]) -> tuple[list[dict], list[dict]]:
+    """(SFT rows, preference rows) of one split: the chosen answer is the prompt's own sentence, the
+    rejected one the next prompt's."""
+    sft, prefs = [], []
+    for i, s in enumerate(sents):
+        prompt = messages("user", f"Summarize {NAMES[i % len(NAMES)]} in module {MODULES[i % len(MODULES)]}.")
+        rec = {"id": f"{split}{i}", "module": MODULES[i % len(MODULES)], "prompt": prompt}
+        sft.append({**rec, "completion": messages("assistant", s)})
+        other = sents[(i + 1) % len(sents)]
+        prefs.append(
+            {
+                **rec,
+                "chosen": messages("assistant", s),
+                "rejected": messages("assistant", other),
+                "rejected_kind": "other_summary",
+            }
+        )
+    return sft, prefs
+
+
 def build_lineage(
     root: Path, tracker=None, parent_run_id: str | None = None, sft_steps: int = 60
 ) -> dict[str, Manifest]:
@@ -125,35 +146,11 @@ def build_lineage(
 
     # align_data: prompts ask for a module's summary; the reference is a corpus sentence
     out = root / "align_data" / "testalign"
-    rows = {"train": train_texts[:40], "eval": val_texts[:16]}
-    for split, sents in rows.items():
-        (out / "sft").mkdir(parents=True, exist_ok=True)
-        (out / "prefs").mkdir(parents=True, exist_ok=True)
-        with (
-            open(out / "sft" / f"{split}.jsonl", "w") as sft,
-            open(out / "prefs" / f"{split}.jsonl", "w") as prefs,
-        ):
-            for i, s in enumerate(sents):
-                prompt = messages(
-                    "user", f"Summarize {NAMES[i % len(NAMES)]} in module {MODULES[i % len(MODULES)]}."
-                )
-                rec = {"id": f"{split}{i}", "module": MODULES[i % len(MODULES)], "prompt": prompt}
-                sft.write(json.dumps({**rec, "completion": messages("assistant", s)}) + "\n")
-                other = sents[(i + 1) % len(sents)]
-                prefs.write(
-                    json.dumps(
-                        {
-                            **rec,
-                            "chosen": messages("assistant", s),
-                            "rejected": messages("assistant", other),
-                            "rejected_kind": "other_summary",
-                        }
-                    )
-                    + "\n"
-                )
-    (out / "eval_documents.jsonl").write_text(
-        "".join(json.dumps({"id": f"e{i}", "text": t}) + "\n" for i, t in enumerate(val_texts))
-    )
+    for split, sents in {"train": train_texts[:40], "eval": val_texts[:16]}.items():
+        sft, prefs = align_rows(split, sents)
+        write_jsonl(out / SFT_FILES[split], sft)
+        write_jsonl(out / PREF_FILES[split], prefs)
+    write_jsonl(out / EVAL_DOCUMENTS, [{"id": f"e{i}", "text": t} for i, t in enumerate(val_texts)])
     stages["align_data"] = seal(
         out,
         "align_data",
@@ -254,7 +251,7 @@ def _reward_model(tok):
 def _track(
     tracker, parent_run_id: str, m: Manifest, stages: dict[str, Manifest], params: dict, tags: dict
 ) -> Manifest:
-    """An MLflow child run for a hand-made stage, as `run_stage` (and the stage itself) would have logged it."""
+    """An MLflow child run for a hand-made stage, as `run_stage` (and the stage) would have logged it."""
     upstream = {name: stages[name] for name in m.inputs}
     logger = tracker.start_stage(parent_run_id, m.stage, m.stage_hash, upstream, {**m.config, **params})
     logger.set_tags(tags)

@@ -1,8 +1,8 @@
-"""System binaries that tests need (redis-server, PostgreSQL): found here, or apt-installed on Debian.
+"""System binaries that tests need (redis-server, PostgreSQL): found here, or the test is skipped.
 
-CI runs on a fresh Debian machine, usually as root: there a missing package is installed with apt-get,
-so the tests that need it really run. Anywhere else (not root, no apt-get, install failed) the test
-is skipped with a reason that says what to install.
+Tests never install anything: `make services` does (CI runs it before `make test`), with apt-get as
+root on Debian, or prints the command to run. A test whose binaries are missing is skipped with a
+reason that names `make services`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-_APT_TRIED: dict[str, str] = {}  # package -> outcome of our apt-get run (one attempt per process)
 
 
 def _version_key(path: str) -> list[tuple[int, int | str]]:
@@ -47,49 +45,19 @@ def find_binary(name: str, extra_dirs: tuple[str, ...] = ()) -> str | None:
     return None
 
 
-def _apt_install(package: str) -> str:
-    """apt-get update + install `package` (as root); returns "" on success, else what went wrong."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    steps = (
-        (["apt-get", "update", "-q"], 300),
-        (["apt-get", "install", "-y", "-q", package], 600),
-    )
-    for args, timeout in steps:
-        try:
-            r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return f"`{' '.join(args)}` timed out after {timeout} s"
-        except OSError as e:
-            return f"`{' '.join(args)}` could not run: {e}"
-        if r.returncode != 0:
-            tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
-            return f"`{' '.join(args)}` exited {r.returncode}: {tail}"
-    return ""
-
-
-def ensure_debian_binaries(
+def require_binaries(
     package: str, binaries: tuple[str, ...], extra_dirs: tuple[str, ...] = ()
 ) -> dict[str, str]:
-    """Paths of `binaries` (name -> path), apt-installing Debian `package` first when some are missing
-    and we are root with apt-get; otherwise `pytest.skip` with the reason and the command that fixes it."""
+    """Paths of `binaries` (name -> path); `pytest.skip` naming `make services` when some are missing.
 
-    def lookup() -> dict[str, str | None]:
-        return {b: find_binary(b, extra_dirs) for b in binaries}
-
-    found = lookup()
-    if not all(found.values()) and package not in _APT_TRIED:
-        if os.geteuid() != 0:
-            _APT_TRIED[package] = "not root"
-        elif not shutil.which("apt-get"):
-            _APT_TRIED[package] = "no apt-get here"
-        else:
-            _APT_TRIED[package] = _apt_install(package) or "apt-get install ran but did not provide them"
-        found = lookup()
+    `package` is the Debian package that provides them, shown in the skip reason.
+    """
+    found = {b: find_binary(b, extra_dirs) for b in binaries}
     missing = [b for b, p in found.items() if not p]
     if missing:
         pytest.skip(
-            f"{', '.join(missing)} not installed and not installable here ({_APT_TRIED[package]}); "
-            f"install the Debian package: sudo apt-get install {package}"
+            f"{', '.join(missing)} not installed: run `make services` (as root it apt-installs the Debian "
+            f"package {package}; otherwise it prints the command, e.g. sudo apt-get install {package})"
         )
     return {b: p for b, p in found.items() if p}
 
@@ -104,7 +72,7 @@ def free_port() -> int:
 def redis_server(folder: Path, password: str | None = None) -> Iterator[int]:
     """A throwaway redis-server on a free loopback port, no persistence; its port. With `password`, the
     server requires it (given on stdin, as infra/ does). Stopped afterwards."""
-    exe = ensure_debian_binaries("redis-server", ("redis-server",))["redis-server"]
+    exe = require_binaries("redis-server", ("redis-server",))["redis-server"]
     redis = pytest.importorskip("redis", reason="needs the redis client: pip install -e '.[dev]'")
     port = free_port()
     log = Path(folder) / f"redis-{port}.log"

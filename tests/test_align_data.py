@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
@@ -13,13 +14,13 @@ from tasks.align_data import (
     AlignDataError,
     align_data,
     make_rejected,
-    read_jsonl,
     shuffled,
     split_sentences,
     summary,
     truncated,
 )
 from tasks.common.data import Document
+from tasks.common.jsonl import read_jsonl
 from tasks.common.splits import is_eval_module
 from tasks.common.tracking import MetricLogger
 from tests.helpers import documents_stage
@@ -266,11 +267,13 @@ def test_bad_json_and_missing_file_are_named(tmp_path):
 
 
 def test_config_keys_cache_on_dataset_content_and_validates(tmp_path):
+    from flows.stages import STAGES
+
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Q", "completion": "A"}])
-    cfg = AlignDataConfig(sft_datasets=[DatasetSource(path=str(path))])
-    before = cfg.result_fields()
+    pipeline = SimpleNamespace(align_data=AlignDataConfig(sft_datasets=[DatasetSource(path=str(path))]))
+    before = STAGES["align_data"].keyed_config(pipeline)  # what keys the stage hash: config + file content
     write_jsonl(path, [{"prompt": "Q", "completion": "B"}])
-    assert cfg.result_fields() != before
+    assert STAGES["align_data"].keyed_config(pipeline) != before
     with pytest.raises(ValidationError, match="rejected_weights"):
         AlignDataConfig(rejected_weights={"truncated": -1.0})
     with pytest.raises(ValidationError, match="no sft_datasets"):

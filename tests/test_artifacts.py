@@ -13,6 +13,8 @@ from tasks.common.artifacts import (
     MANIFEST_NAME,
     Manifest,
     read_manifest,
+    sha256_file,
+    sha256_files,
     stage_hash,
     write_manifest,
 )
@@ -41,7 +43,7 @@ def toy_stage(cfg: ToyConfig, inputs, out: Path, log) -> StageReport:
     return StageReport(counts={"value": n * cfg.factor})
 
 
-SPEC = StageSpec("toy", toy_stage, "toy", ("upstream",), version=1, key_figure="value")
+SPEC = StageSpec("toy", toy_stage, ("upstream",), version=1, key_figure="value")
 
 
 def test_hash_stable_and_sensitive(tmp_path):
@@ -53,10 +55,28 @@ def test_hash_stable_and_sensitive(tmp_path):
     assert base == SPEC.hash_for(ToyPipeline(ToyConfig(log_every=1, workers=8)), {"upstream": up})
     # a result-affecting change, a version bump, or a different input gives a new hash
     assert base != SPEC.hash_for(ToyPipeline(ToyConfig(factor=3)), {"upstream": up})
-    bumped = StageSpec("toy", toy_stage, "toy", ("upstream",), version=2)
+    bumped = StageSpec("toy", toy_stage, ("upstream",), version=2)
     assert base != bumped.hash_for(ToyPipeline(ToyConfig()), {"upstream": up})
     other = documents_stage(tmp_path / "o", docs("a", "c"))
     assert base != SPEC.hash_for(ToyPipeline(ToyConfig()), {"upstream": other})
+
+
+def test_fingerprint_keys_the_hash_and_the_manifest(tmp_path):
+    """A file the config only names (the runner fingerprints it) re-keys the stage when its content does."""
+    data = tmp_path / "data.txt"
+    data.write_text("one")
+    spec = StageSpec(
+        "toy", toy_stage, ("upstream",), fingerprint=lambda cfg: {"_data_sha256": sha256_files([str(data)])}
+    )
+    up = documents_stage(tmp_path / "up", docs("a"))
+    cfg = ToyPipeline(ToyConfig())
+    before = spec.hash_for(cfg, {"upstream": up})
+    assert before != SPEC.hash_for(cfg, {"upstream": up})
+    m = run_stage(spec, cfg, {"upstream": up}, tmp_path / "root").manifest
+    assert m.stage_hash == before and m.config["_data_sha256"] == {str(data): sha256_file(data)}
+    data.write_text("two")
+    assert spec.hash_for(cfg, {"upstream": up}) != before
+    assert ToyConfig().result_fields() == {"factor": 2}  # the config itself describes, it hashes nothing
 
 
 def test_hash_ignores_input_key_order():
@@ -121,7 +141,7 @@ def test_failing_stage_leaves_no_manifest(tmp_path):
         (out / "half.txt").write_text("half")
         raise RuntimeError("boom")
 
-    spec = StageSpec("toy", broken, "toy", ("upstream",))
+    spec = StageSpec("toy", broken, ("upstream",))
     up = documents_stage(tmp_path / "up", docs("a"))
     with pytest.raises(RuntimeError, match="boom"):
         run_stage(spec, ToyPipeline(ToyConfig()), {"upstream": up}, tmp_path / "root")
@@ -130,7 +150,7 @@ def test_failing_stage_leaves_no_manifest(tmp_path):
 
 
 def test_quality_gate_names_the_gate(tmp_path):
-    spec = StageSpec("toy", toy_stage, "toy", ("upstream",), gate=lambda cfg, m: "value too small")
+    spec = StageSpec("toy", toy_stage, ("upstream",), gate=lambda cfg, m: "value too small")
     up = documents_stage(tmp_path / "up", docs("a"))
     with pytest.raises(QualityGateError, match="quality gate 'toy' failed: value too small"):
         run_stage(spec, ToyPipeline(ToyConfig()), {"upstream": up}, tmp_path / "root")

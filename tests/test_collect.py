@@ -20,6 +20,7 @@ from conf.collect import CollectConfig
 from tasks import collect as collect_mod
 from tasks.collect import CollectError, collect
 from tasks.common.data import Document, read_shard
+from tasks.common.splits import hash_rank
 from tasks.common.stage import StageSpec, run_stage
 from tasks.common.tracking import MetricLogger
 
@@ -247,7 +248,8 @@ def write_warc(path: Path) -> None:
 
     article = (
         "<html><head><title>Sorting</title></head><body><nav>Home | About | Contact</nav><article>"
-        "<h1>On sorting</h1><p>Sorting algorithms arrange the elements of a list in a certain order. The most "
+        "<h1>On sorting</h1><p>Sorting algorithms arrange the elements of a list in a certain order. "
+        "The most "
         "frequently used orders are numerical order and lexicographical order.</p><p>Efficient sorting is "
         "important for optimizing the efficiency of other algorithms. Caf\u00e9 au lait.</p></article>"
         "<footer>Copyright 2026</footer></body></html>"
@@ -392,7 +394,7 @@ def test_caps_and_weights(tmp_path):
 def test_take_keeps_lowest_ranks_in_order():
     docs = [Document(id=f"d{i}", text="x", source="s") for i in range(50)]
     kept = list(collect_mod.take(docs, 7))
-    expected = sorted(docs, key=lambda d: collect_mod._rank(d.id))[:7]
+    expected = sorted(docs, key=lambda d: hash_rank(d.id))[:7]
     assert [d.id for d in kept] == [d.id for d in docs if d in expected]
 
 
@@ -408,7 +410,7 @@ def test_config_errors_name_the_key():
 def test_runner_writes_rejects_into_the_manifest(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "fine"}\nbroken\n')
     cfg = CollectConfig.model_validate({"sources": [files(str(tmp_path / "d.jsonl"))]})
-    spec = StageSpec("collect", collect, "collect", (), collect_mod.STAGE_VERSION)
+    spec = StageSpec("collect", collect, (), collect_mod.STAGE_VERSION)
     result = run_stage(spec, SimpleNamespace(collect=cfg), {}, tmp_path / "artifacts")
     manifest = result.manifest
     assert "rejects.jsonl" in manifest.files and "documents/shard-00000.jsonl" in manifest.files

@@ -234,7 +234,7 @@ def test_gate_and_config_errors(tmp_path):
     assert report.metrics["removed_share"] == pytest.approx(2 / 3)
     assert "more than dedup.max_removed_share=0.5" in gate(DedupConfig(), m)
     with pytest.raises(Exception, match="max_removed_share=0.5"):
-        check_gate(StageSpec("dedup", dedup, "dedup", gate=gate), DedupConfig(), m)
+        check_gate(StageSpec("dedup", dedup, ("filter",), gate=gate), DedupConfig(), m)
     assert gate(DedupConfig(max_removed_share=0.7), m) is None
     with pytest.raises(ValueError, match="single band.*lower threshold or raise num_perm"):
         DedupConfig(threshold=0.97, num_perm=16)
@@ -252,7 +252,7 @@ def test_gate_and_config_errors(tmp_path):
 def test_redis_password_comes_from_the_environment_only(monkeypatch):
     cfg = DedupConfig(lsh_storage={"type": "redis", "password_env": "TEST_REDIS_PW"})
     monkeypatch.setenv("TEST_REDIS_PW", "s3cret-from-env")
-    assert cfg.lsh_storage.storage_config()["redis"]["password"] == "s3cret-from-env"
+    assert Params.from_config(cfg).storage_config["redis"]["password"] == "s3cret-from-env"
     assert "s3cret-from-env" not in json.dumps(cfg.model_dump(mode="json"))  # what MLflow logs
     from conf.loader import ConfigError, load_config
 
@@ -351,5 +351,5 @@ def test_redis_with_a_password_from_the_environment(corpus, tmp_path, monkeypatc
         ):
             dedup(cfg, {"filter": up}, tmp_path / "out", MetricLogger())
         monkeypatch.setenv("TEST_PW", "pw-from-env")
-        in_redis = find_duplicates(recs, Params(storage_config=cfg.lsh_storage.storage_config()))
+        in_redis = find_duplicates(recs, Params.from_config(cfg))
     assert in_redis.keep.tolist() == find_duplicates(recs, Params()).keep.tolist()

@@ -40,7 +40,8 @@ def runs(prefect_harness, mlflow_uri, tmp_path_factory):
     def run(engine: str, *extra: str):
         root = tmp_path_factory.mktemp(f"artifacts-{engine}")
         cfg = load_config("smoke", overrides=[
-            f"artifacts_root={root}", f"tracking.tracking_uri={mlflow_uri}", "tracking.experiment=engine-test",
+            f"artifacts_root={root}", f"tracking.tracking_uri={mlflow_uri}",
+            "tracking.experiment=engine-test",
             "collect.shard_docs=150", f"execution.engine={engine}", "execution.dask_workers=2", *extra,
         ])  # fmt: skip
         return lifecycle(cfg, ["scrub"])
@@ -111,8 +112,8 @@ def test_every_shard_is_a_completed_prefect_task_run(runs):
 
 
 def test_a_corrupt_shard_fails_the_stage_naming_file_and_line(prefect_harness, tmp_path):
-    upstream = documents_stage(tmp_path, [Document(f"d{i}", f"plain words number {i} " * 20, "t") for i in range(6)],
-                               shard_docs=2)  # fmt: skip
+    docs = [Document(f"d{i}", f"plain words number {i} " * 20, "t") for i in range(6)]
+    upstream = documents_stage(tmp_path, docs, shard_docs=2)
     bad = sorted(upstream.files_under("documents/"))[1]
     bad.write_text(bad.read_text() + "{not json\n")
 

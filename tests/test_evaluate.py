@@ -11,8 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from conf.evaluate import EvaluateConfig
+from flows.stages import STAGES
 from tasks import evaluate as ev
-from tasks.common.stage import QualityGateError, StageSpec, run_stage
+from tasks.common.stage import QualityGateError, run_stage
 from tasks.common.tracking import MetricLogger
 from tasks.evaluate import lm, report
 from tests.eval_lineage import build_lineage
@@ -31,7 +32,7 @@ FAST = dict(
     kl_samples=2,
     repetition_penalty=1.2,
 )
-SPEC = StageSpec("evaluate", ev.evaluate, "evaluate", ev.INPUTS, ev.STAGE_VERSION, gate=ev.gate)
+SPEC = STAGES["evaluate"]  # the registry's spec: gate and lm_eval_include_path fingerprint included
 
 
 def inputs_of(stages):
@@ -204,8 +205,8 @@ def lm_eval_task_folder(folder):
 
 @pytest.mark.slow  # needs the `eval` extra, which `make test-slow` installs
 def test_lm_eval_runs_a_local_task_offline(evaluated, tmp_path, monkeypatch):
-    """The real harness path: a task YAML + JSONL from lm_eval_include_path, scored on the tiny SFT and PPO models,
-    with every socket connection refused (a Hub lookup would fail the run)."""
+    """The real harness path: a task YAML + JSONL from lm_eval_include_path, scored on the tiny SFT and PPO
+    models, with every socket connection refused (a Hub lookup would fail the run)."""
     pytest.importorskip("lm_eval")
     import socket
 
@@ -265,7 +266,7 @@ def test_lm_eval_include_folder_content_keys_the_stage_hash(evaluated, tmp_path)
     cfg = EvaluateConfig(lm_eval_tasks=["pydoc_module_mc"], lm_eval_include_path=str(folder))
     hash_of = lambda c: SPEC.hash_for(SimpleNamespace(evaluate=c), inputs_of(evaluated[1]))  # noqa: E731
     before = hash_of(cfg)
-    assert set(cfg.result_fields()["_lm_eval_include_sha256"]) == {
+    assert set(SPEC.keyed_config(SimpleNamespace(evaluate=cfg))["_lm_eval_include_sha256"]) == {
         "pydoc_module_mc.jsonl",
         "pydoc_module_mc.yaml",
     }
@@ -275,4 +276,4 @@ def test_lm_eval_include_folder_content_keys_the_stage_hash(evaluated, tmp_path)
             + "\n"
         )
     assert hash_of(cfg) != before
-    assert "_lm_eval_include_sha256" not in EvaluateConfig().result_fields()
+    assert "_lm_eval_include_sha256" not in SPEC.keyed_config(SimpleNamespace(evaluate=EvaluateConfig()))

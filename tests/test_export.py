@@ -7,6 +7,7 @@ tiny fake lineage whose upstream stages have MLflow runs of their own.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,11 +46,11 @@ def exported(tmp_path_factory, mlflow_uri):
     parent = tracker.start_pipeline("export-test", params={}, tags={})
     stages = build_lineage(root, tracker, parent.run_id, sft_steps=20)
     cfg = SimpleNamespace(evaluate=EVAL, export=ExportConfig(registered_model_name=NAME))
-    spec = StageSpec("evaluate", ev.evaluate, "evaluate", ev.INPUTS, ev.STAGE_VERSION, gate=ev.gate)
+    spec = StageSpec("evaluate", ev.evaluate, ev.INPUTS, ev.STAGE_VERSION, gate=ev.gate)
     stages["evaluate"] = run_stage(
         spec, cfg, {k: stages[k] for k in ev.INPUTS}, root, tracker, parent.run_id
     ).manifest
-    spec = StageSpec("export", mc.export, "export", tuple(stages), mc.STAGE_VERSION)
+    spec = StageSpec("export", mc.export, tuple(stages), mc.STAGE_VERSION)
     result = run_stage(spec, cfg, dict(stages), root, tracker, parent.run_id)
     tracker.end(parent)
     card = ModelCard.load(result.manifest.dir / "model" / "README.md")
@@ -131,7 +132,7 @@ def test_model_is_registered_with_its_lineage(exported, tmp_path):
     ppo = exported.stages["ppo"]
     assert version.tags["lmforge.ppo.content_hash"] == ppo.content_hash
     assert version.tags["lmforge.evaluate.run_id"] == exported.stages["evaluate"].mlflow_run_id
-    # resolve models:/ through this test's store (mlflow's models:/ resolver would use the global registry URI)
+    # resolve models:/ through this test's store (mlflow's models:/ resolver uses the global registry URI)
     uri = exported.client.get_model_version_download_uri(NAME, version.version)
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path))
     assert (Path(local) / "README.md").exists()
@@ -170,7 +171,12 @@ def test_export_without_tracking_skips_registration(exported, tmp_path):
     }
 
 
-def test_lineage_is_walked_through_manifest_inputs(exported):
-    found = mc.lineage({"evaluate": exported.stages["evaluate"]})
+def test_lineage_comes_from_the_input_manifests(exported, caplog):
+    found = mc.lineage(dict(exported.stages))
     assert set(found) == set(exported.stages)
     assert list(found)[0] == "collect"
+    # nothing is searched for beside the stage folders: an input export was not handed is named, not found
+    with caplog.at_level(logging.WARNING, logger="tasks.export"):
+        alone = mc.lineage({"evaluate": exported.stages["evaluate"]})
+    assert set(alone) == {"evaluate"}
+    assert "lineage: evaluate's input ppo" in caplog.text and "not among export's inputs" in caplog.text

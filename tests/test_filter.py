@@ -156,7 +156,7 @@ def test_stage_counts_by_reason_and_writes_samples(tmp_path):
 def test_gate_fails_when_too_much_is_dropped(tmp_path):
     upstream = documents_stage(tmp_path, [doc(CLEAN, 0), doc(BAD["too_few_words"], 1)], stage="collect")
     spec = StageSpec(
-        "filter", filter_.filter_documents, "filter", ("collect",), filter_.STAGE_VERSION, gate=filter_.gate
+        "filter", filter_.filter_documents, ("collect",), filter_.STAGE_VERSION, gate=filter_.gate
     )
     with pytest.raises(QualityGateError, match=r"dropped 50.0% of documents.*max_dropped_share=0.2"):
         run_stage(spec, SimpleNamespace(filter=FilterConfig()), {"collect": upstream}, tmp_path / "art")

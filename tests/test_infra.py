@@ -78,9 +78,16 @@ def test_compose_dask_workers_see_what_the_flow_run_sees():
     assert "ports" not in services["redis"]  # reachable inside the compose network only
 
 
+def _secret_refs(deployment: dict) -> dict[str, str | None]:
+    """Env variable -> the Secret it is read from (None: a plain value), of a Deployment's container."""
+    env = _container(deployment)["env"]
+    return {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for e in env}
+
+
 def test_redis_password_comes_from_the_environment_everywhere():
     """Redis requires a password; it reaches the server and the flow run (which talks to Redis) from the
-    environment or a Secret, by the variable dedup reads (`lsh_storage.password_env`), never from the config."""
+    environment or a Secret, by the variable dedup reads (`lsh_storage.password_env`), never from the
+    config."""
     from conf.dedup import RedisStorage
 
     var = RedisStorage().password_env
@@ -95,9 +102,8 @@ def test_redis_password_comes_from_the_environment_everywhere():
 
     k8s = _k8s()
     secret_refs = {
-        name: {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for e in _container(k8s["Deployment", name])["env"]}
-        for name in ("redis", "prefect-process-worker")
-    }  # fmt: skip
+        name: _secret_refs(k8s["Deployment", name]) for name in ("redis", "prefect-process-worker")
+    }
     assert (
         secret_refs["redis"]["REDISCLI_AUTH"] == secret_refs["prefect-process-worker"][var] == "lmforge-redis"
     )
@@ -381,3 +387,16 @@ def test_prefect_yaml_deployments_point_at_flows():
         seen.add(flow.name)
         assert dep["work_pool"]["name"] == "lmforge-process"
     assert {"lifecycle", "data", "pretrain", "align"} <= seen
+
+
+def test_ci_installs_services_first_and_lints_after_the_tests():
+    """Services come from `make services` before any test (tests only look for binaries); lint runs after
+    the tests so their failures show first."""
+    steps = [
+        line.split()[1] for line in (ROOT / ".ci/run").read_text().splitlines() if line.startswith("make ")
+    ]
+    assert steps.index("services") < steps.index("test") < steps.index("lint")
+    script = ROOT / "infra/local/services.sh"
+    assert f"@{script.relative_to(ROOT)}" in (ROOT / "Makefile").read_text()
+    result = subprocess.run([script, "--check"], capture_output=True, text=True, timeout=30)
+    assert result.returncode in (0, 1) and "services:" in result.stdout + result.stderr

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conf.ppo import PpoConfig
+from tasks.common.generation import response_mask
 from tasks.common.tracking import MetricLogger
 from tasks.ppo import core
 
@@ -76,7 +77,8 @@ def test_value_loss_clips_around_old_values():
         torch.ones(1, 2),
         0.2,
     )
-    # clipped v = [.7, .3]; losses [1, .16]; clipped losses [1.69, .01]; 0.5 * mean(max) = 0.5 * (1.69 + .16) / 2
+    # clipped v = [.7, .3]; losses [1, .16]; clipped losses [1.69, .01];
+    # 0.5 * mean(max) = 0.5 * (1.69 + .16) / 2
     assert loss.item() == pytest.approx(0.4625)
     assert stats["clipfrac"].item() == pytest.approx(0.5)
 
@@ -96,7 +98,7 @@ def test_masked_whiten_and_mean():
 
 def test_response_mask_keeps_tokens_through_first_eos():
     responses = torch.tensor([[5, 1, 2, 1], [5, 5, 5, 5], [1, 3, 3, 3]])
-    mask, has_eos = core.response_mask(responses, eos_id=1)
+    mask, has_eos = response_mask(responses, eos_id=1)
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert has_eos.tolist() == [True, False, True]
 
@@ -258,7 +260,7 @@ def test_ppo_raises_a_toy_reward_and_logs_metrics():
 
 
 def test_rollout_tensors_are_consistent():
-    """A fresh LoRA adapter is the identity: policy and reference log-probs agree, KL is 0, padding is zero."""
+    """A fresh LoRA adapter is the identity: policy and reference log-probs agree, KL is 0, padding 0."""
     from tasks.ppo.rollout import response_logits
     from tasks.ppo.trainer import PPOTrainer
 
@@ -348,10 +350,10 @@ def upstream(tmp_path_factory) -> dict:
 
 
 def test_reward_scorer_reads_the_rendered_conversation(upstream):
-    """The scorer scores prompt + completion as the reward stage does: chat template, reward at the last token."""
+    """The scorer scores prompt + completion as the reward stage does (chat template, last-token reward)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.ppo.rollout import RewardModelScorer
+    from tasks.common.reward_model import RewardModelScorer
 
     folder = upstream["reward"].dir / "model"
     tok = AutoTokenizer.from_pretrained(folder)
@@ -441,7 +443,7 @@ def test_gate_fails_the_stage_loudly_naming_itself(upstream, tmp_path):
     from tasks.common.stage import QualityGateError, StageSpec, run_stage
     from tasks.ppo import STAGE_VERSION, gate, ppo
 
-    spec = StageSpec("ppo", ppo, "ppo", ("sft", "reward", "align_data"), STAGE_VERSION, gate=gate)
+    spec = StageSpec("ppo", ppo, ("sft", "reward", "align_data"), STAGE_VERSION, gate=gate)
     cfg = stage_cfg(steps=1, min_reward_gain=100.0, max_kl=1e-9)
     with pytest.raises(
         QualityGateError, match=r"quality gate 'ppo' failed.*ppo.min_reward_gain=100.0.*ppo.max_kl"
@@ -467,4 +469,20 @@ def test_stage_ppo_under_torchrun_two_processes(upstream, tmp_path):
 
     report = ppo(stage_cfg(num_processes=2), upstream, tmp_path, MetricLogger())
     _check_outputs(tmp_path, report, upstream)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_torchrun_rank_error_fails_the_stage_with_the_rank_exception(tmp_path):
+    """Each rank runs under torchrun's `record`: the stage error carries a rank's own exception, read
+    from torchrun's error file (here every rank finds its input stage without a manifest)."""
+    from tasks.common.launch import LaunchError
+    from tasks.ppo.stage import launch
+
+    missing = tmp_path / "no-stage"
+    inputs = {"sft": SimpleNamespace(path=str(missing))}
+    with pytest.raises(LaunchError) as err:
+        launch(stage_cfg(num_processes=2), inputs, tmp_path, MetricLogger())
+    first = err.value.failures[0]
+    assert first.error == f"FileNotFoundError: input stage sft at {missing} has no manifest"
+    assert str(err.value).startswith("ppo workers failed (torchrun exit code 1): rank 0 (local rank 0) died")
     assert not list(tmp_path.glob("*.tmp"))

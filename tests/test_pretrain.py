@@ -29,16 +29,10 @@ from tasks.pretrain import PretrainError, pretrain
 from tasks.pretrain import checkpoint as ckpt
 from tasks.pretrain.data import GlobalBatches, TokenWindows, fit_micro_batch, rank_slice
 from tasks.pretrain.flops import flops_per_token, gpu_peak_flops, measure_matmul_peak
-from tasks.pretrain.launch import (
-    DivergedError,
-    flow_over_file,
-    main,
-    rendezvous_file,
-    torchrun_command,
-    worker_env,
-    write_spec,
-)
+from tasks.pretrain.join import main
+from tasks.pretrain.launch import DivergedError, torchrun_command, worker_env, write_spec
 from tasks.pretrain.parallel import param_digest
+from tasks.pretrain.rendezvous import flow_over_file, rendezvous_file
 from tasks.pretrain.train import FAULT_ENV, lr_lambda
 from tests.helpers import seal
 
@@ -279,45 +273,51 @@ def test_torchrun_command_and_env(tmp_path):
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:///x.db" and str(REPO) in env["PYTHONPATH"]
 
 
-TORCHRUN_REPORT = """
-Failures:
-[1]:
-  time      : 2026-11-25_09:27:57
-  host      : localhost
-  rank      : 0 (local_rank: 0)
-  exitcode  : -15 (pid: 7731)  (SIGTERM)
-  traceback : Traceback (most recent call last):
-  RuntimeError: [pair.cc:553] Connection closed by peer [127.0.0.1]:5508. This is typically caused by a remote worker crashing.
-------------------------------------------------------------
-Root Cause (first observed failure):
-[0]:
-  time      : 2026-11-25_09:27:57
-  host      : localhost
-  rank      : 1 (local_rank: 1)
-  exitcode  : 1 (pid: 7732)
-  error_file: /tmp/logs/attempt_0/1/error.json
-  traceback : Traceback (most recent call last):
-    File "/tmp/w.py", line 11, in main
-      raise ValueError("boom on rank 1")
-  ValueError: boom on rank 1
-============================================================
-"""
+def _worker_event(state: str, rank: int, exitcode: int | None) -> dict:
+    """An agent worker event as torchrun prints it with `--event-log-handler=console`."""
+    inner = {"local_rank": [rank], "exit_code": [exitcode], "worker_pid": [7731 + rank]}
+    return {
+        "name": f"torchelastic.worker.status.{state}",
+        "source": "WORKER",
+        "metadata": {"global_rank": rank, "state": state, "metadata": json.dumps(inner)},
+    }
+
+
+def _error_file(log_dir: Path, local_rank: int, error: str, timestamp: int) -> None:
+    """An error file as `record` writes it for a rank that raised."""
+    folder = log_dir / "run-id_x1" / "attempt_0" / str(local_rank)
+    folder.mkdir(parents=True)
+    trace = f'Traceback (most recent call last):\n  File "w.py", line 11, in main\n{error}\n'
+    message = {"message": error, "extraInfo": {"py_callstack": trace, "timestamp": str(timestamp)}}
+    (folder / "error.json").write_text(json.dumps({"message": message}))
+    (folder / "stderr.log").write_text(f"step 3/10\n{error}\n")
 
 
 def test_failure_report_names_the_rank_that_failed_first(tmp_path):
-    from tasks.pretrain.launch import failure_message, worker_failures
+    from tasks.common.launch import failure_message, rank_failures
 
-    first = worker_failures(TORCHRUN_REPORT)[0]
-    assert (first["rank"], first["exitcode"], first["error"]) == (1, "1", "ValueError: boom on rank 1")
-    # a gloo 'connection closed' error on a surviving rank is a consequence, not the cause
-    swapped = TORCHRUN_REPORT.replace("(SIGTERM)", "").replace("exitcode  : -15", "exitcode  : 1")
-    assert worker_failures(swapped.replace("ValueError: boom", "ValueError: boom"))[0]["rank"] == 1
-    msg = failure_message(
-        1, TORCHRUN_REPORT.splitlines(), {1: ["step 3/10", "ValueError: boom on rank 1"]}, tmp_path
+    closed = (
+        "RuntimeError: [pair.cc:553] Connection closed by peer [127.0.0.1]:5508. "
+        "This is typically caused by a remote worker crashing."
     )
+    # rank 0 only saw its peer vanish (and was then stopped by the agent), a second earlier than rank 1's
+    # real error: torchrun would call rank 0 the root cause
+    _error_file(tmp_path, 0, closed, timestamp=100)
+    _error_file(tmp_path, 1, "ValueError: boom on rank 1", timestamp=101)
+    events = [_worker_event("FAILED", 0, -15), _worker_event("FAILED", 1, 1)]
+    first = rank_failures(events, tmp_path)[0]
+    assert (first.rank, first.exitcode, first.error) == (1, 1, "ValueError: boom on rank 1")
+    # a gloo 'connection closed' error on a surviving rank is a consequence, not the cause
+    events = [_worker_event("FAILED", 0, 1), _worker_event("FAILED", 1, 1)]
+    assert rank_failures(events, tmp_path)[0].rank == 1
+    # a rank killed by a signal leaves no error file: its exit code comes from the agent's event
+    killed = rank_failures([_worker_event("FAILED", 0, -15), _worker_event("FAILED", 2, -9)], tmp_path)[0]
+    assert (killed.rank, killed.signal, killed.error) == (2, "SIGKILL", None)
+    msg = failure_message("pretrain", 1, rank_failures(events, tmp_path), tmp_path, [])
     assert msg.startswith(
         "pretrain workers failed (torchrun exit code 1): rank 1 (local rank 1) died with exit code 1"
     )
+    assert "\nValueError: boom on rank 1\n" in msg
     assert "--- last lines of local rank 1 ---\nstep 3/10" in msg
 
 
@@ -401,6 +401,24 @@ def test_killed_rank_fails_the_stage_and_rerun_resumes_to_the_same_loss(
     assert rows == list(range(1, 17))  # steps 9-10 of the killed run were replaced, not duplicated
 
 
+def test_a_rank_that_raises_fails_the_stage_with_the_error_from_its_error_file(
+    tokens_stage, tmp_path, monkeypatch
+):
+    """Rank 1 raises; rank 0 then only loses its peer. The stage error names rank 1 and carries its
+    exception as `record` wrote it to torchrun's error file."""
+    monkeypatch.setenv(FAULT_ENV, "raise:1:2")
+    with pytest.raises(PretrainError) as err:
+        pretrain(tiny_cfg(sample_tokens=0), {"tokenizer": tokens_stage}, tmp_path, MetricLogger())
+    raised = f"RuntimeError: {FAULT_ENV}: rank 1 raised after step 2"
+    assert not isinstance(err.value, DivergedError)
+    first = err.value.failures[0]
+    assert (first.rank, first.local_rank, first.exitcode, first.error) == (1, 1, 1, raised)
+    assert "_maybe_fault" in first.traceback  # the rank's own traceback, from its error file
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("pretrain workers failed (torchrun exit code 1): rank 1 (local rank 1) died")
+    assert lines[1] == raised and "--- last lines of local rank 1 ---" in lines
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tokens_stage, tmp_path):
     # A learning rate of 1e20 really diverges: step 1 is fine, step 2's gradients are NaN.
     cfg = tiny_cfg(lr=1e20, warmup_steps=0, checkpoint_interval=1, nproc_per_node=1, sample_tokens=0)
@@ -461,7 +479,7 @@ def test_join_waits_for_node_0_and_times_out_naming_the_rendezvous_file(tmp_path
 
 
 def test_join_exits_cleanly_when_node_0s_flow_ends_without_a_run(tmp_path, caplog):
-    """Pod 0 marks its flow over (e.g. pretraining was cached): a waiting joiner stops at once, successfully."""
+    """Pod 0 marks its flow over (e.g. pretraining was cached): a waiting joiner stops at once, with 0."""
     over = flow_over_file(tmp_path, "lmforge-pretrain-x7k2p")
     assert over == tmp_path / "pretrain" / "rendezvous" / "lmforge-pretrain-x7k2p.over"
     over.parent.mkdir(parents=True)

@@ -7,11 +7,12 @@ import random
 import pytest
 
 from conf.reward import RewardConfig
-from tasks.align_data import write_jsonl
 from tasks.common.artifacts import Manifest
+from tasks.common.jsonl import write_jsonl
 from tasks.common.models import load_tokenizer
+from tasks.common.reward_model import load_reward_model, score_conversations
 from tasks.common.tracking import MetricLogger
-from tasks.reward import evaluate_pairs, gate, load_reward_model, reward, score_conversations
+from tasks.reward import evaluate_pairs, gate, reward
 from tests.helpers import seal
 from tests.tiny_models import single_thread, tiny_lm_folder
 

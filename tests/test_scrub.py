@@ -327,7 +327,11 @@ def test_cli_scrubs_jsonl_keeps_fields_and_reports_bad_lines(tmp_path, capsys):
             ],
         },
         {"id": 2, "text": "version 1.2.3.4, nothing else", "tags": ["x"], "pii": []},
-        {"id": 4, "text": "héllo → ip <IP_ADDRESS>", "pii": [{"type": "IP_ADDRESS", "start": 11, "end": 19}]},
+        {
+            "id": 4,
+            "text": "héllo → ip <IP_ADDRESS>",
+            "pii": [{"type": "IP_ADDRESS", "start": 11, "end": 19}],
+        },
     ]
     assert "héllo → ip 10.1.2.3"[11:19] == "10.1.2.3"  # offsets are code points of the original
 

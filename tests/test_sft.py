@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from conf.sft import SftConfig
-from tasks.align_data import write_jsonl
+from tasks.common.jsonl import write_jsonl
 from tasks.common.models import load_causal_lm, load_tokenizer
 from tasks.common.tracking import MetricLogger
-from tasks.sft import build_trainer, load_records, sft
+from tasks.common.training import load_records
+from tasks.sft import build_trainer, sft
 from tests.helpers import seal
 from tests.tiny_models import single_thread, tiny_lm_folder
 

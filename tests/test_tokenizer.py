@@ -47,7 +47,10 @@ EVAL_TEXT = (
 OVERLAP_TEXT = (
     "see also: a decorator indicating abstract methods requires that the metaclass is derived from it too"
 )
-NEAR_MISS = "unrelated words then decorator indicating abstract methods requires that the metaclass is derived from it"  # 12 shared
+NEAR_MISS = (  # 12 shared
+    "unrelated words then decorator indicating abstract methods requires that the metaclass "
+    "is derived from it"
+)
 
 
 def corpus_docs(n: int = 240, seed: int = 0) -> list[Document]:

@@ -19,7 +19,7 @@ find_bin() {  # PATH first, then Debian's versioned folder
   command -v "$1" 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -1
 }
 PG_CTL=$(find_bin pg_ctl); INITDB=$(find_bin initdb); PSQL=$(find_bin psql)
-[[ -n $PG_CTL && -n $INITDB && -n $PSQL ]] || { echo "PostgreSQL binaries not found: apt-get install postgresql" >&2; exit 3; }
+[[ -n $PG_CTL && -n $INITDB && -n $PSQL ]] || { echo 'PostgreSQL binaries not found: run `make services`' >&2; exit 3; }
 
 as_owner() {  # postgres refuses to run as root
   if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi

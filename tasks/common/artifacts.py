@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_files(paths: Iterable[str]) -> dict[str, str]:
+    """path as given -> sha256 of each existing regular file (others are left out).
+
+    Input fingerprints: a config names a file, the runner keys the stage hash on its content.
+    """
+    return {p: sha256_file(Path(p).expanduser()) for p in paths if Path(p).expanduser().is_file()}
+
+
+def sha256_tree(folder: Path, skip: tuple[str, ...] = ("__pycache__",)) -> dict[str, str]:
+    """relative POSIX path -> sha256 of every file under `folder`, in path order (`skip`: folder names)."""
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not set(skip) & set(p.parts)
+    }
 
 
 class FileEntry(BaseModel):
@@ -78,8 +96,9 @@ class Manifest(BaseModel):
     def file(self, name: str) -> Path:
         """Absolute path of one output file, checked against the manifest's listing."""
         if name not in self.files:
+            listed = ", ".join(sorted(self.files)) or "none"
             raise FileNotFoundError(
-                f"stage {self.stage} ({self.path}) has no output {name!r}; it has: {', '.join(sorted(self.files)) or 'none'}"
+                f"stage {self.stage} ({self.path}) has no output {name!r}; it has: {listed}"
             )
         return self.dir / name
 

@@ -6,15 +6,13 @@ shard list from the upstream manifest, so a stray file in a folder is never read
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tasks.common.artifacts import Manifest
-from tasks.common.jsonl import iter_jsonl, open_text
+from tasks.common.jsonl import JsonlWriter, iter_jsonl, json_lines, open_text
 
 __all__ = ["DOCS_DIR", "Document", "ShardWriter", "iter_jsonl", "read_documents", "read_shard", "shard_paths"]
 
@@ -28,11 +26,9 @@ class Document:
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
+    def to_record(self) -> dict[str, Any]:
         # A plain dict, not dataclasses.asdict: asdict deep-copies `meta` for every document.
-        return json.dumps(
-            {"id": self.id, "text": self.text, "source": self.source, "meta": self.meta}, ensure_ascii=False
-        )
+        return {"id": self.id, "text": self.text, "source": self.source, "meta": self.meta}
 
 
 class ShardWriter:
@@ -54,15 +50,13 @@ class ShardWriter:
         self.count = 0
         self.chars = 0
         self.paths: list[Path] = []
-        self._fh: io.TextIOBase | None = None
-        self._in_shard = 0
+        self._shard: JsonlWriter | None = None
 
     def write(self, doc: Document) -> None:
-        if self._fh is None or self._in_shard >= self.shard_docs:
+        if self._shard is None or self._shard.count >= self.shard_docs:
             self._roll()
-        assert self._fh is not None
-        self._fh.write(doc.to_json() + "\n")
-        self._in_shard += 1
+        assert self._shard is not None
+        self._shard.write(doc.to_record())
         self.count += 1
         self.chars += len(doc.text)
 
@@ -74,13 +68,12 @@ class ShardWriter:
         self.close()
         path = self.folder / f"shard-{self.start + len(self.paths):05d}{self.suffix}"
         self.paths.append(path)
-        self._fh = open_text(path, "w")
-        self._in_shard = 0
+        self._shard = JsonlWriter(path)
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._shard is not None:
+            self._shard.close()
+            self._shard = None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -90,20 +83,24 @@ class ShardWriter:
 
 
 def read_shard(path: Path) -> Iterator[Document]:
+    """The documents of one shard, in order; a line that is not a document raises, naming path:line."""
     with open_text(path, "r") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+        for line in json_lines(fh):
+            if line.error is not None:
+                raise ValueError(
+                    f"{path}:{line.lineno}: not a document record ({line.error})"
+                ) from line.error
             try:
-                rec = json.loads(line)
-                yield Document(
+                rec = line.value
+                doc = Document(
                     id=str(rec["id"]),
                     text=rec["text"],
                     source=rec.get("source", ""),
                     meta=rec.get("meta") or {},
                 )
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a document record ({e})") from e
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{line.lineno}: not a document record ({e})") from e
+            yield doc
 
 
 def shard_paths(manifest: Manifest, subdir: str = DOCS_DIR) -> list[Path]:

@@ -3,6 +3,10 @@
 Reading names the file and line of anything that is not JSON, so a corrupt record is found by its
 address, not by a traceback. Writing keeps non-ASCII text as is (`ensure_ascii=False`): the corpora
 are mostly natural language, and escaping doubles their size. `.zst` paths are zstd-compressed.
+
+`json_lines` is the one parsing loop: readers that fail on a bad line (`iter_jsonl`, document shards,
+`lmforge dedup`) and readers that skip and report it (`lmforge scrub`, `collect`'s sources) differ only
+in what they do with a `JsonLine` whose `error` is set.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 
 def open_text(path: Path, mode: str) -> IO[str]:
@@ -33,16 +37,41 @@ def dumps(record: Any) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
+class JsonLine(NamedTuple):
+    """One non-blank line: its number (1-based, blank lines counted), its text, and its value or parse error.
+
+    A named tuple, not a dataclass: one is made per line of every shard read, and tuples are cheapest."""
+
+    lineno: int
+    text: str
+    value: Any = None
+    error: json.JSONDecodeError | None = None
+
+
+def json_lines(lines: Iterable[str]) -> Iterator[JsonLine]:
+    """Parse every non-blank line; a line that is not JSON comes back with `error` set, so the caller
+    decides whether it fails the read or is skipped. Errors raised by `lines` itself (a truncated file)
+    pass through."""
+    for lineno, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield JsonLine(lineno, text, error=e)
+            continue
+        yield JsonLine(lineno, text, value)
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) of every non-blank line; a line that is not JSON raises naming path:line."""
+    """(line number, parsed value) of every non-blank line; a line that is not JSON raises, naming
+    path:line."""
     with open_text(path, "r") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+        for line in json_lines(fh):
+            if line.error is not None:
+                e = line.error
+                raise ValueError(f"{path}:{line.lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+            yield line.lineno, line.value
 
 
 def read_jsonl(path: Path) -> list[Any]:
@@ -51,7 +80,9 @@ def read_jsonl(path: Path) -> list[Any]:
 
 
 def write_jsonl(path: Path, records: Iterable[Any]) -> int:
-    """Write `records` as JSON lines (replacing the file); returns how many were written."""
+    """Write `records` as JSON lines (replacing the file, creating its folder); returns how many were
+    written."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with JsonlWriter(path) as out:
         for rec in records:
             out.write(rec)
@@ -59,19 +90,25 @@ def write_jsonl(path: Path, records: Iterable[Any]) -> int:
 
 
 class JsonlWriter:
-    """Appends records as JSON lines to a file it creates (or truncates); counts them."""
+    """Appends records as JSON lines and counts them: to a file it creates (or truncates), or to a stream
+    the caller opened (stdout, a temp file), which it then leaves open."""
 
-    def __init__(self, path: Path, mode: str = "w") -> None:
-        self.path = Path(path)
+    def __init__(self, target: Path | str | IO[str], mode: str = "w") -> None:
         self.count = 0
-        self._fh = open_text(self.path, mode)
+        if isinstance(target, str | Path):
+            self.path: Path | None = Path(target)
+            self._fh = open_text(self.path, mode)
+            self._owned = True
+        else:
+            self.path, self._fh, self._owned = None, target, False
 
     def write(self, record: Any) -> None:
         self._fh.write(dumps(record) + "\n")
         self.count += 1
 
     def close(self) -> None:
-        self._fh.close()
+        if self._owned:
+            self._fh.close()
 
     def __enter__(self) -> JsonlWriter:
         return self

@@ -1,5 +1,7 @@
-"""Model folders shared by the training stages: find them in a manifest, load them offline, save them,
-and the Trainer arguments every stage pins (CPU/GPU, precision, no checkpoints, no auto-reporting).
+"""Model folders shared by the stages: find them in a manifest, load them offline, save them; and the
+device and CPU threads a single-process stage computes with. This is the one way any stage loads a
+model or tokenizer (a reward model: `tasks.common.reward_model`; trainer arguments:
+`tasks.common.training`).
 
 A model folder is a `save_pretrained` folder (safetensors) holding the tokenizer too, so trl, peft and
 transformers load it with one path. Loading is always `local_files_only`: nothing reaches a hub.
@@ -49,47 +51,21 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def trainer_args(bf16: bool | None = None) -> dict[str, Any]:
-    """Arguments every trl/transformers trainer of ours pins (see the DAG notes).
-
-    bf16: None picks bf16 on a GPU that supports it and fp32 elsewhere (trl defaults to bf16, which
-    fails on a CPU-only machine). No checkpoints (stages are cached whole), no auto-reporting (metrics
-    reach MLflow through `tasks.common.hf_callback`), no gradient checkpointing (small models).
-    """
-    import torch
-
-    cuda = has_cuda()
-    if bf16 is None:
-        bf16 = cuda and torch.cuda.is_bf16_supported()
-    if bf16 and not cuda:
-        raise ValueError("bf16=true needs a GPU; leave it unset (auto) on a CPU-only machine")
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    # transformers 5.24 renamed gradient_checkpointing (now a deprecated alias that warns when set)
-    checkpointing = (
-        "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    )
-    return {
-        "use_cpu": not cuda,
-        "bf16": bool(bf16),
-        "fp16": False,
-        checkpointing: False,
-        "report_to": "none",
-        "save_strategy": "no",
-        "dataloader_num_workers": 0,
-    }
-
-
 def model_dir(manifest: Manifest, sub: str = "model") -> Path:
     """The `sub/` model folder of an upstream stage, checked against its manifest."""
     if f"{sub}/config.json" not in manifest.files:
         raise FileNotFoundError(
-            f"stage {manifest.stage} ({manifest.path}) has no {sub}/config.json: it did not write a model folder"
+            f"stage {manifest.stage} ({manifest.path}) has no {sub}/config.json: "
+            "it did not write a model folder"
         )
     return manifest.dir / sub
+
+
+def tokenizer_dir(manifest: Manifest) -> Path:
+    """The `tokenizer/` folder of the tokenizer stage (what decodes the token shards)."""
+    if not manifest.files_under("tokenizer/"):
+        raise FileNotFoundError(f"stage {manifest.stage} ({manifest.path}) has no tokenizer/ folder")
+    return manifest.dir / "tokenizer"
 
 
 def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
@@ -105,7 +81,7 @@ def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
 
 
 def load_causal_lm(path: Path, dtype: Any = None) -> Any:
-    """A causal LM from a model folder, in fp32 unless told otherwise (training dtype is the trainer's job)."""
+    """A causal LM from a model folder, in fp32 unless told otherwise (training dtype: the trainer's job)."""
     import torch
     from transformers import AutoModelForCausalLM
 

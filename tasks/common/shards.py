@@ -32,7 +32,8 @@ def map_here(fn: Callable[[T], R], jobs: list[T]) -> list[R]:
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One input shard of a stage: where to read it and which output index it becomes (plain data: picklable)."""
+    """One input shard of a stage: where to read it and which output index it becomes (plain data, so
+    it pickles to a cluster worker)."""
 
     index: int
     path: str
@@ -41,7 +42,8 @@ class ShardJob:
         return read_shard(Path(self.path))
 
     def writer(self, out: Path) -> ShardWriter:
-        """The writer of this job's output shard, `documents/shard-{index:05d}.jsonl` (created on first write)."""
+        """The writer of this job's output shard, `documents/shard-{index:05d}.jsonl` (created on first
+        write)."""
         return ShardWriter(out, shard_docs=2**62, start=self.index)
 
 
@@ -51,7 +53,8 @@ def shard_jobs(source: Manifest, subdir: str = DOCS_DIR) -> list[ShardJob]:
 
 
 def first_per_key(samples: Iterable[dict[str, Any]], key: str, limit: int) -> list[dict[str, Any]]:
-    """The first `limit` samples of each `sample[key]`, in order: merges per-shard samples as one pass would."""
+    """The first `limit` samples of each `sample[key]`, in order: merges per-shard samples as one pass
+    would."""
     seen: dict[Any, int] = {}
     kept = []
     for s in samples:
@@ -72,7 +75,8 @@ def concat_parts(parts: Iterable[Path], dest: Path) -> None:
 
 
 def part_path(out: Path, name: str, index: int) -> Path:
-    """Where shard `index` writes its piece of `name` (merged by the combine step): `_parts/{name}.{index:05d}`."""
+    """Where shard `index` writes its piece of `name` (merged by the combine step):
+    `_parts/{name}.{index:05d}`."""
     folder = out / "_parts"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{name}.{index:05d}"

@@ -2,6 +2,8 @@
 
 A hash of `seed:key` is the same on every run, machine and corpus order, and (unlike `hash()`) is not
 salted per process, so a sample or split chosen by it is reproducible and needs no shared state.
+Every stage that samples or splits by hash uses these: collect's capped sources, align_data's prompt
+phrasing, pair sampling and splits, the tokenizer's validation split.
 """
 
 from __future__ import annotations

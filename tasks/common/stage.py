@@ -58,6 +58,8 @@ class QualityGateError(PermanentStageError):
 
 StageFn = Callable[[Any, dict[str, Manifest], Path, MetricLogger], StageReport]
 GateFn = Callable[[Any, Manifest], str | None]
+# config -> JSON-able facts the config only points at (a file's content): they key the stage hash
+FingerprintFn = Callable[[Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class StageSpec:
 
     `name` is the stage's one name: its module under `tasks/`, its config section (`conf/<name>.py`),
     its artifacts folder `<root>/<name>/<hash12>/`, its MLflow `lmforge.stage` tag and `make stage NAME=`.
+
+    `fingerprint` covers what a config names but cannot describe, e.g. the content of a local dataset
+    file: the runner evaluates it and mixes it into the stage hash (and the manifest's `config`), so
+    editing the file re-runs the stage while `conf/` stays a pure description.
     """
 
     name: str
@@ -77,12 +83,19 @@ class StageSpec:
     key_figure: str | None = None  # a count or metric shown in the pipeline's summary table
     gate: GateFn | None = None  # returns a failure message when the output is not good enough
     sharded: bool = False  # fn takes `map_shards=`: its per-shard work can run on a cluster
+    fingerprint: FingerprintFn | None = None  # input fingerprint keyed into the hash (see above)
 
     def config_of(self, pipeline_cfg: Any) -> StageConfig:
         return getattr(pipeline_cfg, self.name)
 
+    def keyed_config(self, pipeline_cfg: Any) -> dict[str, Any]:
+        """What keys the stage hash besides the inputs: the result-affecting config plus the fingerprint."""
+        cfg = self.config_of(pipeline_cfg)
+        fingerprint = self.fingerprint(cfg) if self.fingerprint else {}
+        return {**cfg.result_fields(), **fingerprint}
+
     def hash_for(self, pipeline_cfg: Any, inputs: dict[str, Manifest]) -> str:
-        return stage_hash(self.name, self.version, self.config_of(pipeline_cfg).result_fields(), inputs)
+        return stage_hash(self.name, self.version, self.keyed_config(pipeline_cfg), inputs)
 
 
 @dataclass
@@ -152,7 +165,8 @@ def run_stage(
     `map_shards` runs a sharded stage's per-shard work (default: in-process, the stage's own way).
     """
     cfg = spec.config_of(pipeline_cfg)
-    hash12 = spec.hash_for(pipeline_cfg, inputs)
+    keyed = spec.keyed_config(pipeline_cfg)  # once: the hash and the manifest see the same fingerprint
+    hash12 = stage_hash(spec.name, spec.version, keyed, inputs)
     out = stage_dir(root, spec.name, hash12)
     started = time.perf_counter()
     with folder_lock(out):
@@ -163,41 +177,16 @@ def run_stage(
                 result.run_id = record_cached(tracker, parent_run_id, spec, done, inputs)
             check_gate(spec, cfg, done)
             return result
-
-        if out.exists() and not spec.resumable:
-            log.warning(
-                "removing unfinished stage folder %s (no manifest: an earlier run was interrupted)", out
-            )
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-
+        prepare_folder(spec, out)
         logger: MetricLogger = MetricLogger()
         if tracker and parent_run_id:
             logger = tracker.start_stage(
                 parent_run_id, spec.name, hash12, inputs, cfg.model_dump(mode="json")
             )
         try:
-            extra = {"map_shards": map_shards} if spec.sharded and map_shards is not None else {}
-            report = spec.fn(cfg, inputs, out, logger, **extra)
+            report = call_stage(spec, cfg, inputs, out, logger, map_shards)
             seconds = time.perf_counter() - started
-            manifest = write_manifest(
-                Manifest(
-                    stage=spec.name,
-                    stage_hash=hash12,
-                    stage_version=spec.version,
-                    path=str(out),
-                    config=cfg.result_fields(),
-                    inputs={name: m.content_hash for name, m in inputs.items()},
-                    counts=report.counts,
-                    metrics=report.metrics,
-                    extra=report.extra,
-                    mlflow_run_id=logger.run_id,
-                    seconds=round(seconds, 3),
-                )
-            )
-            logger.log_metrics({**{f"count/{k}": v for k, v in report.counts.items()}, **report.metrics})
-            logger.log_metrics({"stage_seconds": seconds})
-            logger.log_artifact(out / MANIFEST_NAME)
+            manifest = seal_stage(spec, hash12, keyed, inputs, out, report, logger, seconds)
             check_gate(spec, cfg, manifest)
         except BaseException:
             if tracker:
@@ -206,6 +195,59 @@ def run_stage(
         if tracker:
             tracker.end(logger, "FINISHED")
         return StageResult(manifest, "ran", seconds, logger.run_id)
+
+
+def prepare_folder(spec: StageSpec, out: Path) -> None:
+    """An empty folder for the stage, or (resumable stages) the unfinished one with its checkpoints."""
+    if out.exists() and not spec.resumable:
+        log.warning("removing unfinished stage folder %s (no manifest: an earlier run was interrupted)", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def call_stage(
+    spec: StageSpec,
+    cfg: StageConfig,
+    inputs: dict[str, Manifest],
+    out: Path,
+    logger: MetricLogger,
+    map_shards: ShardMap | None,
+) -> StageReport:
+    """The stage function itself; only a sharded stage is told how to run its shards."""
+    extra = {"map_shards": map_shards} if spec.sharded and map_shards is not None else {}
+    return spec.fn(cfg, inputs, out, logger, **extra)
+
+
+def seal_stage(
+    spec: StageSpec,
+    hash12: str,
+    keyed: dict[str, Any],
+    inputs: dict[str, Manifest],
+    out: Path,
+    report: StageReport,
+    logger: MetricLogger,
+    seconds: float,
+) -> Manifest:
+    """Write the manifest last (it marks the folder finished), then log its figures and the manifest."""
+    manifest = write_manifest(
+        Manifest(
+            stage=spec.name,
+            stage_hash=hash12,
+            stage_version=spec.version,
+            path=str(out),
+            config=keyed,
+            inputs={name: m.content_hash for name, m in inputs.items()},
+            counts=report.counts,
+            metrics=report.metrics,
+            extra=report.extra,
+            mlflow_run_id=logger.run_id,
+            seconds=round(seconds, 3),
+        )
+    )
+    logger.log_metrics({**{f"count/{k}": v for k, v in report.counts.items()}, **report.metrics})
+    logger.log_metrics({"stage_seconds": seconds})
+    logger.log_artifact(out / MANIFEST_NAME)
+    return manifest
 
 
 def record_cached(

@@ -12,8 +12,9 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,61 @@ def git_commit() -> str | None:
         return None
 
 
+class RunRecord(TypedDict):
+    """What a stage may read of another MLflow run (e.g. an upstream stage's): params, metrics, tags."""
+
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version: registry name, version number and the artifact URI it was made from."""
+
+    name: str
+    version: int
+    source: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
 class MetricLogger:
-    """What a stage sees of tracking. This base class drops everything (the no-op default)."""
+    """What a stage sees of tracking. This base class drops everything (the no-op default).
+
+    Besides logging to its own run, a stage may read other runs of the same store (`read_run`) and
+    register a model (`register_model`); without tracking both return None, so a stage written
+    against this interface runs the same with or without MLflow.
+    """
 
     run_id: str | None = None
+    tracking_uri: str | None = None
+
+    def read_run(self, run_id: str) -> RunRecord | None:
+        """Another run of this store; None without tracking. Raises LookupError when the store lacks it."""
+        return None
+
+    def register_model(
+        self,
+        folder: Path,
+        name: str,
+        *,
+        tags: Mapping[str, str],
+        description: str | None = None,
+        model_tags: Mapping[str, str] | None = None,
+        model_description: str | None = None,
+        artifact_path: str = "model",
+    ) -> ModelVersion | None:
+        """Log `folder` to this run under `artifact_path` and register it as a new version of `name`
+        (creating the registered model with `model_tags`/`model_description` if new). None without
+        tracking: nothing is logged or registered."""
+        return None
+
+    def subprocess_env(self) -> dict[str, str]:
+        """Variables that let a child process (a torchrun rank) log to this run (`MlflowLogger.from_env`)."""
+        return {}
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -80,8 +132,8 @@ class MlflowLogger(MetricLogger):
     def __init__(self, tracking_uri: str, run_id: str):
         from mlflow.tracking import MlflowClient
 
-        self.tracking_uri = tracking_uri
-        self.run_id = run_id
+        self.tracking_uri: str = tracking_uri
+        self.run_id: str = run_id
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
     @classmethod
@@ -132,9 +184,74 @@ class MlflowLogger(MetricLogger):
     def log_table(self, data: Mapping[str, list[Any]], artifact_file: str) -> None:
         self.client.log_table(self.run_id, data=dict(data), artifact_file=artifact_file)
 
+    def read_run(self, run_id: str) -> RunRecord | None:
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as e:  # MlflowException: e.g. a run recorded in another tracking store
+            raise LookupError(f"MLflow run {run_id} not readable from {self.tracking_uri}: {e}") from e
+        return RunRecord(
+            params=dict(run.data.params), metrics=dict(run.data.metrics), tags=dict(run.data.tags)
+        )
+
+    def register_model(
+        self,
+        folder: Path,
+        name: str,
+        *,
+        tags: Mapping[str, str],
+        description: str | None = None,
+        model_tags: Mapping[str, str] | None = None,
+        model_description: str | None = None,
+        artifact_path: str = "model",
+    ) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        self.log_artifact(folder, artifact_path)
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(
+                name, tags=dict(model_tags or {}), description=model_description
+            )
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = self.client.create_model_version(
+            name, source=source, run_id=self.run_id, tags=dict(tags), description=description
+        )
+        return ModelVersion(name, int(version.version), source)
+
+    def subprocess_env(self) -> dict[str, str]:
+        return {RUN_ID_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.tracking_uri}
+
 
 def default_tracking_uri(artifacts_root: Path) -> str:
     return f"sqlite:///{Path(artifacts_root) / 'mlflow.db'}"
+
+
+def stage_tags(
+    parent_run_id: str,
+    stage: str,
+    stage_hash: str,
+    upstream: Mapping[str, Any],
+    cached: bool,
+    source_run_id: str | None,
+) -> dict[str, Any]:
+    """A stage run's tags: parent, stage, hash, whether it was cached, and each upstream's run and hashes."""
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "lmforge.kind": "stage",
+        "lmforge.stage": stage,
+        "lmforge.stage_hash": stage_hash,
+        "lmforge.cached": str(cached).lower(),
+        "mlflow.source.git.commit": git_commit(),
+    }
+    if source_run_id:
+        tags["lmforge.source_run_id"] = source_run_id
+    for name, m in upstream.items():
+        tags[f"lmforge.upstream.{name}.hash"] = m.stage_hash
+        tags[f"lmforge.upstream.{name}.content_hash"] = m.content_hash
+        if m.mlflow_run_id:
+            tags[f"lmforge.upstream.{name}.run_id"] = m.mlflow_run_id
+    return tags
 
 
 class Tracker:
@@ -149,14 +266,12 @@ class Tracker:
 
     @classmethod
     def for_pipeline(cls, artifacts_root: Path, tracking_uri: str | None, experiment: str) -> Tracker:
-        """Config value, then $MLFLOW_TRACKING_URI, then the embedded SQLite store under the root."""
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        location = None
-        if not uri:
-            Path(artifacts_root).mkdir(parents=True, exist_ok=True)
-            uri = default_tracking_uri(artifacts_root)
-            location = Path(artifacts_root) / "mlruns"
-        return cls(uri, experiment, location)
+        """`tracking_uri` (the runner resolves it: config, then $MLFLOW_TRACKING_URI), else the embedded
+        SQLite store under the artifacts root, with its artifacts beside it."""
+        if tracking_uri:
+            return cls(tracking_uri, experiment)
+        Path(artifacts_root).mkdir(parents=True, exist_ok=True)
+        return cls(default_tracking_uri(artifacts_root), experiment, Path(artifacts_root) / "mlruns")
 
     def _experiment(self, name: str, artifact_location: Path | None) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -202,21 +317,7 @@ class Tracker:
         source_run_id: str | None = None,
     ) -> MlflowLogger:
         """A nested child run for one stage, tagged with its hash and its upstream runs and hashes."""
-        tags = {
-            "mlflow.parentRunId": parent_run_id,
-            "lmforge.kind": "stage",
-            "lmforge.stage": stage,
-            "lmforge.stage_hash": stage_hash,
-            "lmforge.cached": str(cached).lower(),
-            "mlflow.source.git.commit": git_commit(),
-        }
-        if source_run_id:
-            tags["lmforge.source_run_id"] = source_run_id
-        for name, m in upstream.items():
-            tags[f"lmforge.upstream.{name}.hash"] = m.stage_hash
-            tags[f"lmforge.upstream.{name}.content_hash"] = m.content_hash
-            if m.mlflow_run_id:
-                tags[f"lmforge.upstream.{name}.run_id"] = m.mlflow_run_id
+        tags = stage_tags(parent_run_id, stage, stage_hash, upstream, cached, source_run_id)
         run = self.client.create_run(
             self.experiment_id, run_name=stage, tags={k: str(v) for k, v in tags.items() if v is not None}
         )

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
+
+from conf.dedup import DedupConfig, LshStorage, RedisStorage
+from tasks.common.pool import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,8 @@ def true_jaccard(a: str, b: str, ngram: int) -> float:
     return len(sa & sb) / len(sa | sb)
 
 
+# what a signature worker needs, imported once in the forkserver rather than in every worker
+PRELOAD = ("tasks.dedup.core", "datasketch", "xxhash")
 _ROWS = 1024  # shingles per vectorized step: x num_perm uint32 values stay in the CPU cache
 _EMPTY = np.uint32(0xFFFFFFFF)  # an unset affine32 hash value
 
@@ -102,41 +108,61 @@ def signature_batch(texts: list[str], ngram: int, num_perm: int, seed: int) -> t
     return sigs, counts
 
 
-def ordered_map(fn: Callable[..., Any], items: Iterable[Any], workers: int, window: int = 0) -> Iterator[Any]:
-    """`map(fn, items)` over `workers` processes, results in input order, a bounded number of items in flight."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    import multiprocessing as mp
-
-    window = window or 2 * workers
-    # forkserver, not fork: the caller may run threads (Prefect, MLflow) whose locks a fork would copy
-    # held; the server imports datasketch once and forks the workers from there
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["tasks.dedup.core", "datasketch", "xxhash"])
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        pending: list[Future] = []
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.pop(0).result()
-        for fut in pending:
-            yield fut.result()
+def config_default(name: str) -> Any:
+    """`DedupConfig`'s default for a field: the one place dedup's defaults are stated."""
+    return DedupConfig.model_fields[name].get_default(call_default_factory=True)
 
 
 @dataclass(frozen=True)
 class Params:
-    ngram: int = 5
-    num_perm: int = 128
-    threshold: float = 0.8
-    seed: int = 1
-    normalize: bool = True  # exact key on normalized (True) or raw text; shingles always use normalized text
-    near: bool = True
-    verify: bool = True
-    false_negative_weight: float = 0.8  # datasketch's weights=(1 - it, it) for choosing bands x rows
-    workers: int = 1
-    batch_size: int = 1000
-    storage_config: dict[str, Any] = field(default_factory=lambda: {"type": "dict"})
+    """What detection needs from `DedupConfig`, as plain picklable data, with the LSH storage resolved.
+
+    The defaults are `DedupConfig`'s, so `Params()` detects as a default stage config does."""
+
+    ngram: int = config_default("ngram")
+    num_perm: int = config_default("num_perm")
+    threshold: float = config_default("threshold")
+    seed: int = config_default("seed")
+    # the exact key hashes normalized (True) or raw text; shingles always use normalized text
+    normalize: bool = config_default("normalize")
+    near: bool = config_default("near")
+    verify: bool = config_default("verify")
+    # datasketch's weights=(1 - it, it) for choosing bands x rows
+    false_negative_weight: float = config_default("false_negative_weight")
+    workers: int = config_default("workers")
+    batch_size: int = config_default("batch_size")
+    storage_config: dict[str, Any] = field(
+        default_factory=lambda: lsh_storage_config(config_default("lsh_storage"))
+    )
+
+    @classmethod
+    def from_config(cls, cfg: DedupConfig) -> Params:
+        return cls(
+            ngram=cfg.ngram,
+            num_perm=cfg.num_perm,
+            threshold=cfg.threshold,
+            seed=cfg.seed,
+            normalize=cfg.normalize,
+            near=cfg.near,
+            verify=cfg.verify,
+            false_negative_weight=cfg.false_negative_weight,
+            workers=cfg.workers,
+            batch_size=cfg.batch_size,
+            storage_config=lsh_storage_config(cfg.lsh_storage),
+        )
+
+
+def redis_password(storage: LshStorage) -> str | None:
+    """The Redis password, read when the stage runs from the environment variable the config names: conf
+    never reads the environment, and the password never enters the config that MLflow logs."""
+    return (os.environ.get(storage.password_env) or None) if isinstance(storage, RedisStorage) else None
+
+
+def lsh_storage_config(storage: LshStorage) -> dict[str, Any]:
+    """datasketch's `storage_config` for where the LSH index lives, with the Redis password if one is set."""
+    if isinstance(storage, RedisStorage):
+        return storage.storage_config(redis_password(storage))
+    return storage.storage_config()
 
 
 @dataclass
@@ -278,9 +304,8 @@ class Signed:
 
 
 def sign(records: Iterable[tuple[Any, str]], p: Params) -> Signed:
-    """Exact keys of every `(id, text)` record and signatures of each new key, batches in `p.workers` processes."""
-    from functools import partial
-
+    """Exact keys of every `(id, text)` record and signatures of each new key, batches in `p.workers`
+    processes."""
     started = time.perf_counter()
     ids: list[Any] = []
     lengths: list[int] = []
@@ -309,7 +334,7 @@ def sign(records: Iterable[tuple[Any, str]], p: Params) -> Signed:
 
     if p.near:
         fn = partial(signature_batch, ngram=p.ngram, num_perm=p.num_perm, seed=p.seed)
-        parts = list(ordered_map(fn, batches(), p.workers))
+        parts = list(ordered_map(fn, batches(), p.workers, preload=PRELOAD))
     else:
         parts = [(np.empty((0, p.num_perm), np.uint32), np.zeros(0, np.int64)) for _ in batches()]
     sigs = np.concatenate([s for s, _ in parts]) if parts else np.empty((0, p.num_perm), np.uint32)
@@ -318,7 +343,8 @@ def sign(records: Iterable[tuple[Any, str]], p: Params) -> Signed:
 
 
 def find_duplicates(records: Iterable[tuple[Any, str]], p: Params) -> Result:
-    """Decide, for each `(id, text)` record in order, whether it is kept or a duplicate of which kept record."""
+    """Decide, for each `(id, text)` record in order, whether it is kept or a duplicate of which kept
+    record."""
     return cluster([sign(records, p)], p)
 
 

@@ -38,7 +38,8 @@ METRIC_NAMES = (
 
 
 def evaluate(cfg: EvaluateConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
-    """The stage function; torch and transformers load only when it runs (the registry imports this module)."""
+    """The stage function; torch and transformers load only when it runs (the registry imports this
+    module)."""
     from tasks.evaluate.stage import run
 
     return run(cfg, inputs, out, log_)

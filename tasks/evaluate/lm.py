@@ -1,48 +1,18 @@
-"""Model-side measurements: perplexity and bits per byte, batched generation, sequence log-probs,
-reward-model scores and ROUGE-L. Plain torch + transformers, no trainer: evaluation is a few loops.
+"""Model-side measurements: perplexity and bits per byte, decoding strategies, sequence log-probs and
+ROUGE-L. Plain torch + transformers, no trainer: evaluation is a few loops. Prompt rendering, batched
+generation and reward-model scoring are the shared ones (`tasks.common.generation`,
+`tasks.common.reward_model`), so the numbers here are those of the code PPO trained with.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    GenerationConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.common.artifacts import Manifest
-from tasks.common.models import device, load_causal_lm, load_tokenizer, model_dir  # noqa: F401
-
-Messages = list[dict[str, str]]
-
-
-def tokenizer_dir(manifest: Manifest) -> Path:
-    """The `tokenizer/` folder of the tokenizer stage (what decodes the validation tokens)."""
-    if not manifest.files_under("tokenizer/"):
-        raise FileNotFoundError(f"stage {manifest.stage} ({manifest.path}) has no tokenizer/ folder")
-    return manifest.dir / "tokenizer"
-
-
-def load_lm(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    return load_causal_lm(path).to(device()).eval(), load_tokenizer(path)
-
-
-def load_reward_model(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    tok = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), dtype=torch.float32, local_files_only=True
-    )
-    model = model.to(device()).eval()
-    if model.config.pad_token_id is None:  # the classifier finds each sequence's last token by the pad id
-        model.config.pad_token_id = tok.pad_token_id
-    return model, tok
-
+from tasks.common.generation import generation_config
 
 # --- perplexity and bits per byte -------------------------------------------------------------------
 
@@ -85,19 +55,12 @@ def nll_sum(model: PreTrainedModel, windows: np.ndarray, batch_size: int) -> tup
 def perplexity_and_bpb(
     model: PreTrainedModel, windows: np.ndarray, n_bytes: int, batch_size: int
 ) -> tuple[float, float]:
+    """(perplexity, bits per byte); bits per byte compares models whose tokenizers differ."""
     nats, count = nll_sum(model, windows, batch_size)
     return math.exp(nats / count), nats / math.log(2) / max(n_bytes, 1)
 
 
-# --- generation -------------------------------------------------------------------------------------
-
-
-def chat_prompt_ids(tok: PreTrainedTokenizerBase, prompt: Messages, max_tokens: int) -> list[int]:
-    """The prompt rendered by the chat template up to `<|assistant|>\\n`, left-truncated."""
-    ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
-        "input_ids"
-    ]
-    return list(ids)[-max_tokens:]
+# --- prompts, decodings, log-probs ------------------------------------------------------------------
 
 
 def text_prompt_ids(tok: PreTrainedTokenizerBase, text: str, max_tokens: int) -> list[int]:
@@ -121,65 +84,34 @@ def decoding_config(
     num_beams: int = 4,
     repetition_penalty: float = 1.0,
 ) -> GenerationConfig:
-    """An explicit GenerationConfig per strategy, so the model folder's defaults never leak in."""
-    common = dict(
-        max_new_tokens=max_new_tokens,
-        repetition_penalty=repetition_penalty,
-        num_beams=1,
-        do_sample=False,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    sampling = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)  # top_k=0: transformers' 50 is off
-    if name == "greedy":
-        pass
-    elif name == "temperature":
-        common.update(sampling, temperature=temperature)
-    elif name == "top_k":
-        common.update(sampling, top_k=top_k)
-    elif name == "top_p":
-        common.update(sampling, top_p=top_p)
-    elif name == "beam":
-        common.update(num_beams=num_beams, early_stopping=True)
-    elif name == "sample":  # plain ancestral sampling: what a KL estimate needs
-        common.update(sampling)
-    else:
+    """An explicit GenerationConfig per strategy, so the model folder's defaults never leak in.
+
+    Each sampling strategy changes one knob from plain ancestral sampling (temperature 1, no top-k, no
+    top-p), so the table shows what that knob alone does; "sample" is plain sampling, what a KL estimate
+    needs.
+    """
+    sample = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    strategies = {
+        "greedy": {},
+        "temperature": {**sample, "temperature": temperature},
+        "top_k": {**sample, "top_k": top_k},
+        "top_p": {**sample, "top_p": top_p},
+        "beam": {"num_beams": num_beams, "early_stopping": True},
+        "sample": sample,
+    }
+    if name not in strategies:
         raise ValueError(f"unknown decoding {name!r}; choose from {', '.join(DECODINGS)} or 'sample'")
-    return GenerationConfig(**common)
-
-
-def left_pad(seqs: list[list[int]], pad_id: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids.to(dev), mask.to(dev)
-
-
-@torch.no_grad()
-def generate(
-    model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    prompts: list[list[int]],
-    gen: GenerationConfig,
-    batch_size: int,
-) -> list[list[int]]:
-    """New tokens per prompt (left-padded batches), cut after the first EOS (kept) and without pads."""
-    out: list[list[int]] = []
-    for i in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[i : i + batch_size], tok.pad_token_id, model.device)
-        seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-        for row in seqs[:, ids.size(1) :].tolist():
-            if tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id) + 1]
-            out.append([t for t in row if t != tok.pad_token_id])
-    return out
+    settings = {
+        "num_beams": 1,
+        "repetition_penalty": repetition_penalty,
+        "bos_token_id": tok.bos_token_id,
+        **strategies[name],
+    }
+    return generation_config(tok.eos_token_id, tok.pad_token_id, max_new_tokens, **settings)
 
 
 def response_text(tok: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """The answer as a reader sees it: no special tokens, no surrounding whitespace."""
     return tok.decode(ids, skip_special_tokens=True).strip()
 
 
@@ -206,35 +138,7 @@ def sequence_logprobs(
     return out
 
 
-# --- reward model and ROUGE -------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def reward_scores(
-    model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    conversations: list[Messages],
-    max_tokens: int,
-    batch_size: int,
-) -> list[float]:
-    """Scalar reward per conversation, tokenized as trl's RewardTrainer does (the chat template)."""
-    seqs = [
-        list(tok.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])[-max_tokens:]
-        for c in conversations
-    ]
-    out: list[float] = []
-    pad = model.config.pad_token_id
-    for i in range(0, len(seqs), batch_size):
-        batch = seqs[i : i + batch_size]
-        width = max(len(s) for s in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, s in enumerate(batch):
-            ids[j, : len(s)] = torch.tensor(s)
-            mask[j, : len(s)] = 1
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        out.extend(logits[:, 0].float().tolist())
-    return out
+# --- ROUGE ------------------------------------------------------------------------------------------
 
 
 class Rouge:
@@ -250,4 +154,5 @@ class Rouge:
 
 
 def rouge_l(reference: str, prediction: str) -> float:
+    """One ROUGE-L F-measure (builds a scorer each call: use `Rouge` in loops)."""
     return Rouge()(reference, prediction)

@@ -1,20 +1,13 @@
-"""Evaluation outputs besides metrics: JSONL files, MLflow tables, comparison plots, the optional
+"""Evaluation outputs besides metrics: MLflow tables, comparison plots, the optional
 lm-evaluation-harness run, and a description of the hardware the numbers came from."""
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def columns(rows: list[dict]) -> dict[str, list]:
@@ -24,6 +17,7 @@ def columns(rows: list[dict]) -> dict[str, list]:
 
 
 def hardware() -> str:
+    """Where the numbers came from: timings and sampled text depend on it."""
     import torch
 
     if torch.cuda.is_available():
@@ -86,7 +80,8 @@ def plots(
 def run_lm_eval(cfg, model_dirs: dict[str, Path], device: str) -> dict[str, float]:
     """lm-evaluation-harness on model folders (`hf` model type); metrics `lm_eval/<model>/<task>/<metric>`.
 
-    Tasks come from lm_eval's own set and, when `cfg.lm_eval_include_path` is set, from the YAMLs in that folder.
+    Tasks come from lm_eval's own set and, when `cfg.lm_eval_include_path` is set, from the YAMLs in that
+    folder.
     """
     try:
         import lm_eval
@@ -131,9 +126,11 @@ def lm_eval_include_folder(cfg) -> Path | None:
 
 
 def lm_eval_task_manager(cfg):
-    """A TaskManager that also knows the tasks of `cfg.lm_eval_include_path` (None without one: lm_eval's default).
+    """A TaskManager that also knows the tasks of `cfg.lm_eval_include_path` (None without one: lm_eval's
+    default).
 
-    When every requested task is a task of the folder, lm_eval's own ~15k task YAMLs are not indexed (~4 s saved).
+    When every requested task is a task of the folder, lm_eval's own ~15k task YAMLs are not indexed
+    (~4 s saved).
     """
     folder = lm_eval_include_folder(cfg)
     if folder is None:
@@ -149,7 +146,8 @@ def lm_eval_task_manager(cfg):
     if missing:
         raise ValueError(
             f"evaluate.lm_eval_tasks names {missing}, found neither among lm_eval's tasks nor in "
-            f"evaluate.lm_eval_include_path={cfg.lm_eval_include_path!r} (tasks there: {sorted(local.all_tasks)}; "
+            f"evaluate.lm_eval_include_path={cfg.lm_eval_include_path!r} "
+            f"(tasks there: {sorted(local.all_tasks)}; "
             "a YAML that fails to parse is skipped)"
         )
     return manager

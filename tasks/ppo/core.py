@@ -1,8 +1,9 @@
 """PPO's tensor math, free of models and I/O so each piece is checked against hand-computed values.
 
 Conventions: tensors are `[batch, response_len]`; `mask` is 1.0 on real response tokens (up to and
-including the first EOS) and 0.0 on the padding after it. Follows the RLHF recipe of Ziegler et al.
-(2019), InstructGPT and "The N implementation details of RLHF with PPO" (Huang et al., 2024).
+including the first EOS) and 0.0 on the padding after it (`tasks.common.generation.response_mask`).
+Follows the RLHF recipe of Ziegler et al. (2019), InstructGPT and "The N implementation details of RLHF
+with PPO" (Huang et al., 2024).
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the real tokens only (padding would pull every statistic towards zero)."""
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance over the real tokens (Bessel-corrected by default), for whitening."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean).square(), mask)
     if unbiased:
@@ -65,21 +68,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
-
-
-def first_true_index(bools: torch.Tensor) -> torch.Tensor:
-    """Index of the first True per row ([B, T] -> [B]); T where a row has none."""
-    t = bools.shape[-1]
-    idx = torch.arange(t, device=bools.device).expand_as(bools)
-    return torch.where(bools, idx, torch.full_like(idx, t)).min(-1).values
-
-
-def response_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask [B, T] float, has_eos [B] bool): tokens up to and including the first EOS are real."""
-    first_eos = first_true_index(responses == eos_id)
-    has_eos = first_eos < responses.shape[1]
-    idx = torch.arange(responses.shape[1], device=responses.device)
-    return (idx.unsqueeze(0) <= first_eos.unsqueeze(1)).float(), has_eos
 
 
 def shaped_rewards(

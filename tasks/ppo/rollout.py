@@ -1,4 +1,9 @@
-"""Rollouts: chat-templated prompts in, sampled responses, their log-probs, values and scores out."""
+"""Rollouts: chat-templated prompts in, sampled responses, their log-probs, values and scores out.
+
+Prompt rendering, left padding, generation and reward-model scoring are the shared ones
+(`tasks.common.generation`, `tasks.common.reward_model`): the evaluate stage measures the policy with
+the same code PPO trained it with. What is here is PPO's own: log-probs and values per response token.
+"""
 
 from __future__ import annotations
 
@@ -7,65 +12,20 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.ppo import core
+from tasks.common.generation import Messages, chat_prompt_ids
 
-Messages = list[dict[str, str]]
 # (prompts as chat messages, decoded completions, response token ids up to EOS) -> one score each
 ScoreFn = Callable[[list[Messages], list[str], list[list[int]]], torch.Tensor]
 
 
 def prompt_ids(tokenizer, prompts: Sequence[Messages]) -> list[list[int]]:
     """Token ids of each prompt rendered by the chat template with the assistant turn opened."""
-    texts = [
-        tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts
-    ]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both [B, max_len], padded on the left as generation wants."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
+    return [chat_prompt_ids(tokenizer, p) for p in prompts]
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip the left padding, so a padded prompt gets the positions it has alone."""
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
-
-
-@torch.no_grad()
-def generate(
-    model,
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
-    *,
-    eos_id: int,
-    pad_id: int,
-    max_new_tokens: int,
-    do_sample: bool = True,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-) -> torch.Tensor:
-    """Sampled (or greedy) responses [B, <=max_new_tokens], with everything after the first EOS set to pad."""
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
-    out = model.generate(
-        input_ids=queries,
-        attention_mask=query_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        **sampling,
-    )
-    responses = out[:, queries.shape[1] :]
-    mask, _ = core.response_mask(responses, eos_id)
-    return torch.where(mask.bool(), responses, torch.full_like(responses, pad_id))
 
 
 def join(queries, query_mask, responses, resp_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,35 +76,6 @@ def response_tokens(responses: torch.Tensor, mask: torch.Tensor, has_eos: torch.
     """Each response's token ids up to (not including) its EOS: what gets decoded and scored."""
     lengths = (mask.sum(1) - has_eos.float()).long().tolist()
     return [r[:n] for r, n in zip(responses.tolist(), lengths, strict=True)]
-
-
-class RewardModelScorer:
-    """Scores (prompt, completion) pairs with a sequence-classification reward model, exactly as the reward
-    stage scores its held-out pairs (`tasks.reward.score_conversations`): the chat template over prompt +
-    assistant message (so the text ends with EOS), the reward read at the last token, long texts keeping
-    their end."""
-
-    def __init__(self, model, tokenizer, max_length: int | None = None, batch_size: int = 32):
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                "the reward model's tokenizer has no chat_template; the reward stage must save one"
-            )
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[Messages], completions: list[str], response_ids=None) -> torch.Tensor:
-        from tasks.reward import score_conversations
-
-        conversations = [
-            list(p) + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions, strict=True)
-        ]
-        scores, _ = score_conversations(
-            self.model, self.tokenizer, conversations, self.batch_size, self.max_length
-        )
-        return torch.tensor(scores, dtype=torch.float32)
 
 
 @dataclass

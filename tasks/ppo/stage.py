@@ -14,21 +14,26 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from conf.ppo import PpoConfig
+from tasks.common import launch as torchrun
+from tasks.common.alignment import SFT_FILES
 from tasks.common.artifacts import Manifest, read_manifest
-from tasks.common.data import iter_jsonl
+from tasks.common.generation import Messages
 from tasks.common.hf_callback import MetricLoggerCallback
-from tasks.common.models import load_causal_lm, load_tokenizer, model_dir, save_model_folder, trainer_args
+from tasks.common.jsonl import iter_jsonl
+from tasks.common.models import load_causal_lm, load_tokenizer, model_dir, save_model_folder
+from tasks.common.reward_model import RewardModelScorer, load_reward_model
 from tasks.common.stage import StageReport
-from tasks.common.tracking import RUN_ID_ENV, MetricLogger, MlflowLogger
-from tasks.ppo.rollout import Messages, RewardModelScorer
+from tasks.common.tracking import MetricLogger, MlflowLogger
+from tasks.common.training import lora_config as causal_lm_lora
+from tasks.common.training import trainer_args
 from tasks.ppo.trainer import PPOTrainer, heldout_eval, make_accelerator
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,8 @@ def read_prompts(manifest: Manifest, name: str) -> list[Messages]:
 
 
 def check_same_vocab(policy_tok, reward_tok, sft_dir: Path, reward_dir: Path) -> None:
-    """The value model (a copy of the reward model) reads the policy's token ids: the vocabularies must match."""
+    """The value model (a copy of the reward model) reads the policy's token ids: the vocabularies must
+    match."""
     if policy_tok.get_vocab() != reward_tok.get_vocab():
         raise ValueError(
             f"the policy tokenizer ({sft_dir}) and the reward model's tokenizer ({reward_dir}) differ; "
@@ -61,16 +67,8 @@ def check_same_vocab(policy_tok, reward_tok, sft_dir: Path, reward_dir: Path) ->
 
 
 def lora_config(cfg: PpoConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules,
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
+    """The policy's adapter, the kind SFT trains; disabled, the policy is the SFT model (the reference)."""
+    return causal_lm_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
 
 
 # ---- the stage --------------------------------------------------------------------------------
@@ -92,14 +90,12 @@ def train(cfg: PpoConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLo
     """Train in this process (one of several under torchrun); the main process writes the outputs."""
     from peft import get_peft_model
 
-    from tasks.reward import load_reward_model
-
     torch.manual_seed(cfg.seed)
     sft_dir, reward_dir = model_dir(inputs["sft"]), model_dir(inputs["reward"])
     tok, reward_tok = load_tokenizer(sft_dir), load_tokenizer(reward_dir)
     tok.padding_side = "left"
-    train_prompts = read_prompts(inputs["align_data"], "sft/train.jsonl")[: cfg.max_train_prompts]
-    eval_prompts = read_prompts(inputs["align_data"], "sft/eval.jsonl")
+    train_prompts = read_prompts(inputs["align_data"], SFT_FILES["train"])[: cfg.max_train_prompts]
+    eval_prompts = read_prompts(inputs["align_data"], SFT_FILES["eval"])
 
     acc = make_accelerator()
     reward_model = load_reward_model(reward_dir, reward_tok).requires_grad_(False).to(acc.device)
@@ -181,7 +177,10 @@ def gate(cfg: PpoConfig, manifest: Manifest) -> str | None:
 
 # ---- GRPO / RLOO through trl ------------------------------------------------------------------
 def train_trl(cfg: PpoConfig, base, tok, reward_model, reward_tok, prompts, out: Path, log_: MetricLogger):
-    """trl's GRPOTrainer/RLOOTrainer with our reward model; returns (peft policy, history) on the main process."""
+    """trl's GRPOTrainer/RLOOTrainer with our reward model.
+
+    Returns (peft policy, history) on the main process.
+    """
     from datasets import Dataset
     from transformers import TrainerCallback
 
@@ -279,31 +278,19 @@ def launch(cfg: PpoConfig, inputs: dict[str, Manifest], out: Path, log_: MetricL
             }
         )
     )
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // cfg.num_processes))
-    if isinstance(log_, MlflowLogger):
-        env[RUN_ID_ENV], env["MLFLOW_TRACKING_URI"] = log_.run_id, log_.tracking_uri
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={cfg.num_processes}",
-        "-m",
-        "tasks.ppo",
-        str(spec),
-    ]
-    log.info("ppo: launching %s", " ".join(cmd))
-    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[2])
-    spec.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"ppo: torchrun exited with code {proc.returncode}; see the log above (command: {cmd})"
-        )
+    threads = cfg.cpu_threads or max(1, (os.cpu_count() or 1) // cfg.num_processes)
+    env = torchrun.worker_env(threads, log_.run_id, getattr(log_, "tracking_uri", None))
+    try:
+        with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as tmp:
+            cmd = torchrun.torchrun_command("tasks.ppo", [str(spec)], cfg.num_processes, Path(tmp))
+            torchrun.run_torchrun(cmd, env, Path(tmp), "ppo", log)
+    finally:
+        spec.unlink(missing_ok=True)
     data = json.loads((out / REPORT_NAME).read_text())
     return StageReport(counts=data["counts"], metrics=data["metrics"], extra=data["extra"])
 
 
+@record  # a failing rank's exception goes to torchrun's error file, where `launch` reads it
 def main(argv: list[str] | None = None) -> None:
     """Entry point of each torchrun rank: `python -m tasks.ppo SPEC.json`."""
     argv = sys.argv[1:] if argv is None else argv

@@ -3,7 +3,8 @@
 policy      = SFT model + a fresh LoRA adapter (trainable)
 reference   = the same model with the adapter disabled (no second copy of the weights)
 value model = a copy of the reward model, whose score head reads every hidden state (trainable)
-reward      = score of the finished text - missing-EOS penalty, minus kl_coef * KL(policy || reference) per token
+reward      = score of the finished text - missing-EOS penalty,
+              minus kl_coef * KL(policy || reference) per token
 
 Each step: sample a rollout batch, compute log-probs / reference log-probs / values / scores, shape
 rewards, GAE, whiten advantages, then `ppo_epochs` passes of clipped policy + value updates over
@@ -22,15 +23,13 @@ import torch
 from accelerate import Accelerator
 
 from conf.ppo import PpoConfig
+from tasks.common.generation import Messages, generate, generation_config, left_pad, response_mask
 from tasks.common.tracking import MetricLogger
 from tasks.ppo import core
 from tasks.ppo.rollout import (
-    Messages,
     Rollout,
     ScoreFn,
     TokenValueModel,
-    generate,
-    left_pad,
     prompt_ids,
     response_logits,
     response_tokens,
@@ -41,6 +40,7 @@ _log = logging.getLogger(__name__)
 
 
 def make_accelerator() -> Accelerator:
+    """CPU-only when there is no GPU; under torchrun it picks up the process group (gloo or NCCL)."""
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
@@ -60,7 +60,57 @@ def select_prompts(
     return [p for p, _ in kept], [i for _, i in kept]
 
 
+def sampling_config(cfg: PpoConfig, tokenizer, do_sample: bool = True):
+    """How the policy answers: PPO's rollouts sample; the held-out comparison follows `eval_do_sample`."""
+    return generation_config(
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        cfg.max_new_tokens,
+        do_sample=do_sample,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+    )
+
+
+def local_batch_sizes(cfg: PpoConfig, world: int) -> tuple[int, int]:
+    """(rollout batch, minibatch) per process: the config's sizes are global and must split evenly."""
+    local_batch, local_mini = cfg.batch_size // world, cfg.mini_batch_size // world
+    if local_batch < 1 or local_mini < 1 or cfg.batch_size % world or cfg.mini_batch_size % world:
+        raise ValueError(
+            f"ppo.batch_size ({cfg.batch_size}) and ppo.mini_batch_size ({cfg.mini_batch_size}) must be "
+            f"multiples of the number of processes ({world})"
+        )
+    return local_batch, local_mini
+
+
+def kl_controller(cfg: PpoConfig) -> core.FixedKLController | core.AdaptiveKLController:
+    """The KL coefficient; adaptive (Ziegler et al.) keeps the policy near a KL target at any reward scale."""
+    return (
+        core.AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.adaptive_kl
+        else core.FixedKLController(cfg.init_kl_coef)
+    )
+
+
+def optimizer(cfg: PpoConfig, policy_params: list, value_params: list) -> tuple:
+    """(AdamW with one learning rate per model, its linear anneal to 0 over `cfg.steps`).
+
+    The schedule is not passed to accelerate, which would step it once per process.
+    """
+    opt = torch.optim.AdamW(
+        [
+            {"params": policy_params, "lr": cfg.learning_rate},
+            {"params": value_params, "lr": cfg.value_learning_rate},
+        ],
+        eps=1e-5,
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / cfg.steps))
+
+
 class PPOTrainer:
+    """PPO over a LoRA policy and a value model (see the module docstring); `train()` runs it."""
+
     def __init__(
         self,
         cfg: PpoConfig,
@@ -80,29 +130,9 @@ class PPOTrainer:
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         if self.eos_id is None or self.pad_id is None:
             raise ValueError("the policy tokenizer needs both eos_token and pad_token set")
-        world = self.acc.num_processes
-        self.local_batch, self.local_mini = cfg.batch_size // world, cfg.mini_batch_size // world
-        if (
-            self.local_batch < 1
-            or self.local_mini < 1
-            or cfg.batch_size % world
-            or cfg.mini_batch_size % world
-        ):
-            raise ValueError(
-                f"ppo.batch_size ({cfg.batch_size}) and ppo.mini_batch_size ({cfg.mini_batch_size}) must be "
-                f"multiples of the number of processes ({world})"
-            )
-        self.prompts, self.prompt_ids = select_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
-        if not self.prompts:
-            raise ValueError(
-                f"none of the {len(prompts)} training prompts fits ppo.max_prompt_tokens={cfg.max_prompt_tokens}"
-            )
-        _log.info(
-            "ppo: %d of %d training prompts fit %d tokens",
-            len(self.prompts),
-            len(prompts),
-            cfg.max_prompt_tokens,
-        )
+        self.gen = sampling_config(cfg, tokenizer)
+        self.local_batch, self.local_mini = local_batch_sizes(cfg, self.acc.num_processes)
+        self.prompts, self.prompt_ids = self._training_prompts(prompts)
         if not isinstance(value_model, TokenValueModel):
             value_model = TokenValueModel(value_model)
         for m in (policy, value_model):
@@ -112,24 +142,26 @@ class PPOTrainer:
         self.value_params = [p for p in value_model.parameters() if p.requires_grad]
         if not self.policy_params:
             raise ValueError("the policy has no trainable parameters (expected a LoRA adapter)")
-        opt = torch.optim.AdamW(
-            [
-                {"params": self.policy_params, "lr": cfg.learning_rate},
-                {"params": self.value_params, "lr": cfg.value_learning_rate},
-            ],
-            eps=1e-5,
-        )
-        # linear anneal; not prepared, since accelerate would step it once per process
-        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / cfg.steps))
+        opt, self.sched = optimizer(cfg, self.policy_params, self.value_params)
         self.policy, self.value_model, self.opt = self.acc.prepare(policy, value_model, opt)
-        self.kl_ctl = (
-            core.AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-            if cfg.adaptive_kl
-            else core.FixedKLController(cfg.init_kl_coef)
-        )
+        self.kl_ctl = kl_controller(cfg)
         self._order: list[int] = []
         self._rng = random.Random(cfg.seed)
         self.history: list[dict[str, float]] = []
+
+    def _training_prompts(self, prompts: Sequence[Messages]) -> tuple[list[Messages], list[list[int]]]:
+        """The prompts that fit `max_prompt_tokens`, with their ids; none fitting is a config error."""
+        cfg = self.cfg
+        kept, ids = select_prompts(self.tok, prompts, cfg.max_prompt_tokens)
+        if not kept:
+            raise ValueError(
+                f"none of the {len(prompts)} training prompts fits "
+                f"ppo.max_prompt_tokens={cfg.max_prompt_tokens}"
+            )
+        _log.info(
+            "ppo: %d of %d training prompts fit %d tokens", len(kept), len(prompts), cfg.max_prompt_tokens
+        )
+        return kept, ids
 
     @property
     def device(self) -> torch.device:
@@ -155,19 +187,8 @@ class PPOTrainer:
         cfg = self.cfg
         policy = self.unwrapped_policy()
         queries, query_mask = left_pad([self.prompt_ids[i] for i in indices], self.pad_id, self.device)
-        responses = generate(
-            policy,
-            queries,
-            query_mask,
-            eos_id=self.eos_id,
-            pad_id=self.pad_id,
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-        )
-        mask, has_eos = core.response_mask(responses, self.eos_id)
+        responses = generate(policy, queries, query_mask, self.gen)
+        mask, has_eos = response_mask(responses, self.eos_id)
         logprobs, ref_logprobs, values = [], [], []
         for s in range(0, len(indices), self.local_mini):
             sl = slice(s, s + self.local_mini)
@@ -198,6 +219,20 @@ class PPOTrainer:
 
     # ---- update -----------------------------------------------------------------------------
     def update(self, ro: Rollout) -> dict[str, float]:
+        """`ppo_epochs` passes of clipped policy + value updates over shuffled minibatches of one rollout."""
+        scores, kl, advantages, returns = self._advantages(ro)
+        acc: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for _ in range(self.cfg.ppo_epochs):
+            order = torch.randperm(len(ro), device=self.device)
+            for s in range(0, len(ro), self.local_mini):
+                idx = order[s : s + self.local_mini]
+                for name, value in self._minibatch_step(ro, idx, advantages, returns).items():
+                    acc[name].append(value)
+        self.sched.step()
+        return self._step_stats(ro, acc, scores, kl, advantages, returns)
+
+    def _advantages(self, ro: Rollout) -> tuple[torch.Tensor, ...]:
+        """(scores with the missing-EOS penalty, per-token KL, whitened GAE advantages, returns)."""
         cfg = self.cfg
         scores = ro.scores.clone()
         if cfg.missing_eos_penalty is not None:
@@ -206,39 +241,48 @@ class PPOTrainer:
         if cfg.whiten_rewards:
             rewards = core.masked_whiten(rewards, ro.mask, shift_mean=False)
         advantages, returns = core.gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
-        advantages = core.masked_whiten(advantages, ro.mask)
+        return scores, kl, core.masked_whiten(advantages, ro.mask), returns
 
-        acc: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(ro), device=self.device)
-            for s in range(0, len(ro), self.local_mini):
-                idx = order[s : s + self.local_mini]
-                args = (ro.queries[idx], ro.query_mask[idx], ro.responses[idx], ro.mask[idx])
-                logits = response_logits(self.policy, *args, cfg.temperature)
-                new_logprobs = core.logprobs_from_logits(logits, ro.responses[idx])
-                vpred = response_values(self.value_model, *args)
-                pg_loss, pg = core.policy_loss(
-                    new_logprobs, ro.logprobs[idx], advantages[idx], ro.mask[idx], cfg.cliprange
-                )
-                vf_loss, vf = core.value_loss(
-                    vpred, ro.values[idx], returns[idx], ro.mask[idx], cfg.cliprange_value
-                )
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                self.opt.zero_grad(set_to_none=True)
-                self.acc.backward(loss)
-                self.acc.clip_grad_norm_(self.policy_params, cfg.max_grad_norm)
-                if self.value_params:
-                    self.acc.clip_grad_norm_(self.value_params, cfg.max_grad_norm)
-                self.opt.step()
-                with torch.no_grad():
-                    acc["policy_loss"].append(pg_loss.detach())
-                    acc["value_loss"].append(vf_loss.detach())
-                    acc["policy_clipfrac"].append(pg["clipfrac"])
-                    acc["value_clipfrac"].append(vf["clipfrac"])
-                    acc["approxkl"].append(pg["approxkl"])
-                    acc["entropy"].append(core.masked_mean(core.entropy_from_logits(logits), ro.mask[idx]))
-        self.sched.step()
+    def _minibatch_step(
+        self, ro: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One optimizer step on the rollout rows `idx`; returns its losses and clip/KL statistics."""
+        cfg = self.cfg
+        args = (ro.queries[idx], ro.query_mask[idx], ro.responses[idx], ro.mask[idx])
+        logits = response_logits(self.policy, *args, cfg.temperature)
+        new_logprobs = core.logprobs_from_logits(logits, ro.responses[idx])
+        vpred = response_values(self.value_model, *args)
+        pg_loss, pg = core.policy_loss(
+            new_logprobs, ro.logprobs[idx], advantages[idx], ro.mask[idx], cfg.cliprange
+        )
+        vf_loss, vf = core.value_loss(vpred, ro.values[idx], returns[idx], ro.mask[idx], cfg.cliprange_value)
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        self.opt.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(self.policy_params, cfg.max_grad_norm)
+        if self.value_params:
+            self.acc.clip_grad_norm_(self.value_params, cfg.max_grad_norm)
+        self.opt.step()
+        with torch.no_grad():
+            return {
+                "policy_loss": pg_loss.detach(),
+                "value_loss": vf_loss.detach(),
+                "policy_clipfrac": pg["clipfrac"],
+                "value_clipfrac": vf["clipfrac"],
+                "approxkl": pg["approxkl"],
+                "entropy": core.masked_mean(core.entropy_from_logits(logits), ro.mask[idx]),
+            }
 
+    def _step_stats(
+        self,
+        ro: Rollout,
+        acc: dict[str, list[torch.Tensor]],
+        scores: torch.Tensor,
+        kl: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+    ) -> dict[str, float]:
+        """The step's statistics averaged over minibatches and processes; then the KL controller moves."""
         seq_kl = kl.sum(1)
         local = {k: torch.stack(v).mean() for k, v in acc.items()}
         local.update(
@@ -314,49 +358,75 @@ def heldout_eval(
     missing-EOS penalty. kl_ref_eval = mean over prompts of sum_t KL(pi(.|s_t) || ref(.|s_t)), the exact
     per-token KL along the tuned policy's own responses. Returns (metrics, sample table).
     """
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    device = next(policy.parameters()).device
-    prompts, ids = select_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
-    if len(prompts) > cfg.eval_prompts:  # a fixed sample across the file (which is ordered by module)
-        keep = sorted(random.Random(cfg.seed).sample(range(len(prompts)), cfg.eval_prompts))
-        prompts, ids = [prompts[i] for i in keep], [ids[i] for i in keep]
-    if not prompts:
-        raise ValueError(f"no held-out prompt fits ppo.max_prompt_tokens={cfg.max_prompt_tokens}")
+    prompts, ids = heldout_prompts(tokenizer, prompts, cfg)
     was_training = policy.training
     policy.eval()
-    gen = dict(
-        eos_id=eos_id,
-        pad_id=pad_id,
-        max_new_tokens=cfg.max_new_tokens,
-        do_sample=cfg.eval_do_sample,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-    )
+    gen = sampling_config(cfg, tokenizer, do_sample=cfg.eval_do_sample)
     out: dict[str, list] = defaultdict(list)
     for name in ("sft", "ppo"):
         torch.manual_seed(cfg.seed)
         for s in range(0, len(prompts), batch_size):
-            q, qm = left_pad(ids[s : s + batch_size], pad_id, device)
-            if name == "sft":
-                with policy.disable_adapter():
-                    resp = generate(policy, q, qm, **gen)
-            else:
-                resp = generate(policy, q, qm, **gen)
-            mask, has_eos = core.response_mask(resp, eos_id)
-            tokens = response_tokens(resp, mask, has_eos)
-            texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            scores = score_fn(list(prompts[s : s + batch_size]), texts, tokens).float().cpu()
-            out[f"score_{name}"] += scores.tolist()
-            out[f"has_eos_{name}"] += has_eos.cpu().tolist()
-            out[f"completion_{name}"] += texts
-            if name == "ppo":
-                logits = response_logits(policy, q, qm, resp, mask)
-                with policy.disable_adapter():
-                    ref_logits = response_logits(policy, q, qm, resp, mask)
-                out["kl"] += (core.kl_from_logits(logits, ref_logits) * mask).sum(1).cpu().tolist()
+            batch = answer_batch(
+                policy, tokenizer, score_fn, name, prompts[s : s + batch_size], ids[s : s + batch_size], gen
+            )
+            for key, values in batch.items():
+                out[key] += values
     if was_training:
         policy.train()
+    return heldout_metrics(out, len(prompts), cfg), {
+        "prompt": [p[-1]["content"] for p in prompts],
+        "sft": out["completion_sft"],
+        "sft_score": out["score_sft"],
+        "ppo": out["completion_ppo"],
+        "ppo_score": out["score_ppo"],
+        "kl": out["kl"],
+    }
+
+
+def heldout_prompts(
+    tokenizer, prompts: Sequence[Messages], cfg: PpoConfig
+) -> tuple[list[Messages], list[list[int]]]:
+    """The held-out prompts that fit, at most `eval_prompts` of them, a fixed sample across the file (which
+    is ordered by module, so its head would cover few modules)."""
+    prompts, ids = select_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
+    if len(prompts) > cfg.eval_prompts:
+        keep = sorted(random.Random(cfg.seed).sample(range(len(prompts)), cfg.eval_prompts))
+        prompts, ids = [prompts[i] for i in keep], [ids[i] for i in keep]
+    if not prompts:
+        raise ValueError(f"no held-out prompt fits ppo.max_prompt_tokens={cfg.max_prompt_tokens}")
+    return prompts, ids
+
+
+def answer_batch(
+    policy, tokenizer, score_fn: ScoreFn, name: str, prompts: list[Messages], ids: list[list[int]], gen
+) -> dict[str, list]:
+    """One batch answered by the SFT policy (`name="sft"`: adapter disabled) or the tuned one, scored; for
+    the tuned one also the exact KL to the reference along its answers."""
+    device = next(policy.parameters()).device
+    q, qm = left_pad(ids, gen.pad_token_id, device)
+    if name == "sft":
+        with policy.disable_adapter():
+            resp = generate(policy, q, qm, gen)
+    else:
+        resp = generate(policy, q, qm, gen)
+    mask, has_eos = response_mask(resp, gen.eos_token_id)
+    tokens = response_tokens(resp, mask, has_eos)
+    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    out = {
+        f"score_{name}": score_fn(list(prompts), texts, tokens).float().cpu().tolist(),
+        f"has_eos_{name}": has_eos.cpu().tolist(),
+        f"completion_{name}": texts,
+    }
+    if name == "ppo":
+        logits = response_logits(policy, q, qm, resp, mask)
+        with policy.disable_adapter():
+            ref_logits = response_logits(policy, q, qm, resp, mask)
+        out["kl"] = (core.kl_from_logits(logits, ref_logits) * mask).sum(1).cpu().tolist()
+    return out
+
+
+def heldout_metrics(out: dict[str, list], n: int, cfg: PpoConfig) -> dict[str, float]:
+    """Means over the held-out prompts; `reward_gain` is what the stage's gate checks."""
 
     def reward(name: str) -> float:
         penalty = cfg.missing_eos_penalty or 0.0
@@ -366,7 +436,6 @@ def heldout_eval(
         ]
         return sum(vals) / len(vals)
 
-    n = len(prompts)
     metrics = {
         "reward_sft_eval": reward("sft"),
         "reward_ppo_eval": reward("ppo"),
@@ -378,12 +447,4 @@ def heldout_eval(
         "eval_prompts": float(n),
     }
     metrics["reward_gain"] = metrics["reward_ppo_eval"] - metrics["reward_sft_eval"]
-    table = {
-        "prompt": [p[-1]["content"] for p in prompts],
-        "sft": out["completion_sft"],
-        "sft_score": out["score_sft"],
-        "ppo": out["completion_ppo"],
-        "ppo_score": out["score_ppo"],
-        "kl": out["kl"],
-    }
-    return metrics, table
+    return metrics

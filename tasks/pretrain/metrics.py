@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
+from tasks.common.jsonl import dumps, open_text, read_jsonl, write_jsonl
 from tasks.common.tracking import MetricLogger, MlflowLogger
 
 log = logging.getLogger("lmforge.pretrain")
@@ -14,10 +14,8 @@ log = logging.getLogger("lmforge.pretrain")
 
 def truncate_jsonl(path: Path, step: int) -> None:
     """Drop the rows written after `step` (a resumed run writes them again)."""
-    kept = []
-    if path.exists():
-        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    path.write_text("".join(f"{ln}\n" for ln in kept))
+    kept = [row for row in read_jsonl(path) if row["step"] <= step] if path.exists() else []
+    write_jsonl(path, kept)
 
 
 class MetricSink:
@@ -26,10 +24,10 @@ class MetricSink:
     def __init__(self, path: Path, logger: MetricLogger, resume_step: int):
         self.path, self.logger, self.pending = path, logger, []
         truncate_jsonl(path, resume_step)
-        self.fh = open(path, "a")
+        self.fh = open_text(path, "a")
 
     def add(self, step: int, metrics: dict[str, float]) -> None:
-        self.fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.fh.write(dumps({"step": step, **metrics}) + "\n")
         self.pending.append((step, metrics))
 
     def flush(self) -> None:

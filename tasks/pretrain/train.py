@@ -1,11 +1,13 @@
 """The torchrun entry point: one process per rank trains the model on its share of every global batch.
 
-    python -m torch.distributed.run --nproc-per-node 2 ... -m tasks.pretrain.train --spec run_spec.json --out DIR
+    python -m torch.distributed.run ... -m tasks.pretrain.train --spec run_spec.json --out DIR
 
-`run_spec.json` holds the stage config and the input folders (see `launch.write_spec`). Rank 0 writes
-everything under DIR: checkpoints, `metrics.jsonl`, `samples.jsonl`, `model/` and `train_summary.json`,
-and logs metrics to the MLflow run named by $LMFORGE_MLFLOW_RUN_ID. A re-run resumes from the latest
-complete checkpoint in DIR (every rank reads it: multi-node runs need DIR on shared storage).
+`run_spec.json` holds the stage config and the input folders (`tasks/pretrain/launch.py: write_spec`).
+Rank 0 writes everything under DIR: checkpoints, `metrics.jsonl`, `samples.jsonl`, `model/` and
+`train_summary.json`, and logs metrics to the MLflow run named by $LMFORGE_MLFLOW_RUN_ID. A re-run
+resumes from the latest complete checkpoint in DIR (every rank reads it: multi-node runs need DIR on
+shared storage). Every rank runs under torchrun's `record`, so an exception it dies of lands in
+torchrun's error file for the launcher (`tasks/common/launch.py`) to report.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from conf.pretrain import PretrainConfig
 from tasks.common.artifacts import atomic_write_text
+from tasks.common.jsonl import JsonlWriter
 from tasks.common.tokens import read_index
 from tasks.common.tracking import MetricLogger, MlflowLogger
 from tasks.pretrain import checkpoint as ckpt
@@ -57,7 +61,8 @@ from tasks.pretrain.parallel import (
 )
 
 log = logging.getLogger("lmforge.pretrain")
-FAULT_ENV = "LMFORGE_PRETRAIN_FAULT"  # crash drills: "kill:<rank>:<step>" SIGKILLs that rank after that step
+# crash drills: "kill:<rank>:<step>" SIGKILLs that rank after that step, "raise:<rank>:<step>" makes it raise
+FAULT_ENV = "LMFORGE_PRETRAIN_FAULT"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,6 +97,32 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, d: Dist) -> torc
 
 def _first_set(*values):
     return next((v for v in values if v is not None), None)
+
+
+@dataclass
+class Session:
+    """What this run of the loop measured (a resumed run counts only its own steps)."""
+
+    total_peak: float
+    peak_source: str
+    started: float = field(default_factory=time.perf_counter)
+    last_loss: float = float("nan")
+    val: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    first_done: float = 0.0  # when the first step (the warm-up) ended
+    loop_seconds: float = 0.0
+
+    def step_done(self) -> None:
+        self.steps += 1
+        self.first_done = self.first_done or time.perf_counter()
+
+    def end_loop(self) -> None:
+        self.loop_seconds = time.perf_counter() - self.first_done if self.first_done else 0.0
+
+    def tokens_per_s(self, tokens_per_step: int) -> float:
+        """Effective throughput: wall clock after the (warm-up) first step, logging, eval and checkpoints
+        included."""
+        return (self.steps - 1) * tokens_per_step / self.loop_seconds if self.steps > 1 else float("nan")
 
 
 class Trainer:
@@ -135,8 +166,8 @@ class Trainer:
         self.batches = GlobalBatches(len(self.train), cfg.global_batch_seqs, cfg.seed)
         if cfg.global_batch_seqs % d.world:
             raise ValueError(
-                f"pretrain.global_batch_tokens={cfg.global_batch_tokens} ({cfg.global_batch_seqs} sequences) does not "
-                f"split over {d.world} ranks"
+                f"pretrain.global_batch_tokens={cfg.global_batch_tokens} ({cfg.global_batch_seqs} sequences) "
+                f"does not split over {d.world} ranks"
             )
         self.per_rank = cfg.global_batch_seqs // d.world
         self.micro = fit_micro_batch(self.per_rank, cfg.micro_batch_size)
@@ -248,8 +279,9 @@ class Trainer:
             last = ckpt.latest_checkpoint(self.ckpt_root)
             kept = f"the last good checkpoint is {last[1]}" if last else "no checkpoint was written yet"
             raise NonFiniteLossError(
-                f"non-finite loss or gradient at step {self.step + 1}: loss={loss_v}, grad_norm={norm_v}, lr={lr:.3g}; "
-                f"training stopped before applying it ({kept}). Lower pretrain.lr or raise pretrain.warmup_steps."
+                f"non-finite loss or gradient at step {self.step + 1}: loss={loss_v}, grad_norm={norm_v}, "
+                f"lr={lr:.3g}; training stopped before applying it ({kept}). Lower pretrain.lr or raise "
+                "pretrain.warmup_steps."
             )
         self.optimizer.step()
         self.scheduler.step()
@@ -300,135 +332,138 @@ class Trainer:
         return out
 
     # --- the run ------------------------------------------------------------------------------------
-    def _parse_fault(self) -> tuple[int, int] | None:
+    def _parse_fault(self) -> tuple[str, int, int] | None:
         spec = os.environ.get(FAULT_ENV, "")
-        if spec.startswith("kill:"):
-            _, rank, step = spec.split(":")
-            return int(rank), int(step)
+        if spec.startswith(("kill:", "raise:")):
+            kind, rank, step = spec.split(":")
+            return kind, int(rank), int(step)
         return None
 
     def _maybe_fault(self) -> None:
-        if self.fault and self.fault == (self.d.rank, self.step):
-            log.warning("%s: killing rank %d after step %d", FAULT_ENV, self.d.rank, self.step)
-            os.kill(os.getpid(), signal.SIGKILL)
+        if not (self.fault and self.fault[1:] == (self.d.rank, self.step)):
+            return
+        if self.fault[0] == "raise":
+            raise RuntimeError(f"{FAULT_ENV}: rank {self.d.rank} raised after step {self.step}")
+        log.warning("%s: killing rank %d after step %d", FAULT_ENV, self.d.rank, self.step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def run(self, logger: MetricLogger) -> dict[str, Any]:
-        cfg, d = self.cfg, self.d
+        """Train from the latest checkpoint to `max_steps`, save the model; returns the run summary."""
         self.resume_or_seed()
-        peak, peak_source = device_peak_flops(d.device, torch.bfloat16 if self.bf16 else torch.float32)
-        total_peak = float(all_reduce_sum(torch.tensor([peak], dtype=torch.float64, device=d.device), d)[0])
-        sink = None
-        if d.main:
-            sink = MetricSink(self.out / "metrics.jsonl", logger, self.step)
-            truncate_jsonl(self.out / "samples.jsonl", self.step)
-            logger.set_tags(
-                {
-                    "pretrain.world_size": d.world,
-                    "pretrain.device": d.device.type,
-                    "pretrain.peak_flops_source": peak_source,
-                    "pretrain.resumed_from_step": self.resumed_from,
-                }
-            )
-            logger.log_params(
-                {
-                    "model.n_params": self.n_params,
-                    "model.vocab_size": self.hf_config.vocab_size,
-                    "model.flops_per_token": self.flops_per_token,
-                }
-            )
-            log.info(
-                "model: %.2fM parameters, %.3g FLOPs/token; %d rank(s) x %d seqs (micro %d) of %d tokens per step; "
-                "%d train windows; peak %.3g FLOP/s (%s)",
-                self.n_params / 1e6,
-                self.flops_per_token,
-                d.world,
-                self.per_rank,
-                self.micro,
-                cfg.seq_len,
-                len(self.train),
-                total_peak,
-                peak_source,
-            )
-        tokens_per_step = cfg.global_batch_tokens
-        last_loss, val, session_steps, first_done = float("nan"), {}, 0, 0.0
-        started = time.perf_counter()
-        while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            loss, grad_norm, lr = self.train_step()
-            if d.device.type == "cuda":
-                torch.cuda.synchronize(d.device)
-            dt = time.perf_counter() - t0
-            last_loss = loss
-            flops = self.flops_per_token * tokens_per_step / dt
-            row = {
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens_per_s": tokens_per_step / dt,
-                "flops_per_s": flops,
-                "mfu": flops / total_peak,
-                "epoch": self.batches.epoch_of(self.step),
-            }
-            if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
-                val = self.evaluate()
-                row.update(val)
-            if sink:
-                sink.add(self.step, row)
-                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                    log.info(
-                        "step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | %.3g FLOP/s | MFU %.1f%%%s",
-                        self.step,
-                        cfg.max_steps,
-                        loss,
-                        lr,
-                        grad_norm,
-                        row["tokens_per_s"],
-                        flops,
-                        100 * row["mfu"],
-                        f" | val {val['val_loss']:.4f}" if "val_loss" in row else "",
-                    )
-                    sink.flush()
-            if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps:
-                self.save_checkpoint()
-                self.record_samples(self.samples(), logger)
-            self._maybe_fault()
-            session_steps += 1
-            first_done = first_done or time.perf_counter()
-        # effective throughput: wall clock after the (warm-up) first step, logging, eval and checkpoints included
-        loop_seconds = time.perf_counter() - first_done if first_done else 0.0
-        tokens_per_s = (
-            (session_steps - 1) * tokens_per_step / loop_seconds if session_steps > 1 else float("nan")
-        )
+        total_peak, peak_source = self.total_peak_flops()
+        sink = self.open_metrics(logger, total_peak, peak_source) if self.d.main else None
+        session = Session(total_peak, peak_source)
+        while self.step < self.cfg.max_steps:
+            self.run_step(session, sink, logger)
+        session.end_loop()
         self.record_samples(self.samples(), logger)
         if sink:
             sink.close()
+        return self.save_outputs(session)
+
+    def total_peak_flops(self) -> tuple[float, str]:
+        """The summed peak FLOP/s of all ranks (a collective) and where this rank's figure came from."""
+        peak, source = device_peak_flops(self.d.device, torch.bfloat16 if self.bf16 else torch.float32)
+        total = all_reduce_sum(torch.tensor([peak], dtype=torch.float64, device=self.d.device), self.d)
+        return float(total[0]), source
+
+    def open_metrics(self, logger: MetricLogger, total_peak: float, peak_source: str) -> MetricSink:
+        """Rank 0: drop the metric and sample rows a resumed run writes again, tag the run, log the model."""
+        cfg, d = self.cfg, self.d
+        sink = MetricSink(self.out / "metrics.jsonl", logger, self.step)
+        truncate_jsonl(self.out / "samples.jsonl", self.step)
+        logger.set_tags(
+            {
+                "pretrain.world_size": d.world,
+                "pretrain.device": d.device.type,
+                "pretrain.peak_flops_source": peak_source,
+                "pretrain.resumed_from_step": self.resumed_from,
+            }
+        )
+        logger.log_params(
+            {
+                "model.n_params": self.n_params,
+                "model.vocab_size": self.hf_config.vocab_size,
+                "model.flops_per_token": self.flops_per_token,
+            }
+        )
+        log.info(
+            "model: %.2fM parameters, %.3g FLOPs/token; %d rank(s) x %d seqs (micro %d) of %d tokens per "
+            "step; %d train windows; peak %.3g FLOP/s (%s)",
+            self.n_params / 1e6,
+            self.flops_per_token,
+            d.world,
+            self.per_rank,
+            self.micro,
+            cfg.seq_len,
+            len(self.train),
+            total_peak,
+            peak_source,
+        )
+        return sink
+
+    def run_step(self, session: Session, sink: MetricSink | None, logger: MetricLogger) -> None:
+        """One optimizer step with its metrics, and the evaluation and checkpoint that fall on it."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        loss, grad_norm, lr = self.train_step()
+        if self.d.device.type == "cuda":
+            torch.cuda.synchronize(self.d.device)
+        row = self.step_metrics(loss, grad_norm, lr, time.perf_counter() - t0, session.total_peak)
+        session.last_loss = loss
+        if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
+            session.val = self.evaluate()
+            row.update(session.val)
+        if sink:
+            self.log_step(sink, row)
+        if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps:
+            self.save_checkpoint()
+            self.record_samples(self.samples(), logger)
+        self._maybe_fault()
+        session.step_done()
+
+    def step_metrics(self, loss: float, grad_norm: float, lr: float, dt: float, total_peak: float) -> dict:
+        tokens_per_step = self.cfg.global_batch_tokens
+        flops = self.flops_per_token * tokens_per_step / dt
+        return {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_step / dt,
+            "flops_per_s": flops,
+            "mfu": flops / total_peak,
+            "epoch": self.batches.epoch_of(self.step),
+        }
+
+    def log_step(self, sink: MetricSink, row: dict[str, float]) -> None:
+        """Rank 0: every step to the metric stream; a progress line and a flush every `log_interval`."""
+        cfg = self.cfg
+        sink.add(self.step, row)
+        if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+            log.info(
+                "step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | %.3g FLOP/s | MFU %.1f%%%s",
+                self.step,
+                cfg.max_steps,
+                row["loss"],
+                row["lr"],
+                row["grad_norm"],
+                row["tokens_per_s"],
+                row["flops_per_s"],
+                100 * row["mfu"],
+                f" | val {row['val_loss']:.4f}" if "val_loss" in row else "",
+            )
+            sink.flush()
+
+    def save_outputs(self, session: Session) -> dict[str, Any]:
+        """Check the replicas, save the model (and the final checkpoint if kept), write the summary last."""
+        cfg, d = self.cfg, self.d
         digests = self.replica_digests()
         model_sd = self.full_model_state()
         if cfg.keep_final_checkpoint:
             self.save_checkpoint()
         if d.main:
             self.save_model(model_sd)
-        summary = {
-            "steps": self.step,
-            "tokens": self.step * tokens_per_step,
-            "final_loss": last_loss,
-            **val,
-            "tokens_per_s": tokens_per_s,
-            "flops_per_s": tokens_per_s * self.flops_per_token,
-            "mfu": tokens_per_s * self.flops_per_token / total_peak,
-            "peak_flops": total_peak,
-            "peak_flops_source": peak_source,
-            "n_params": self.n_params,
-            "flops_per_token": self.flops_per_token,
-            "vocab_size": self.hf_config.vocab_size,
-            "world_size": d.world,
-            "micro_batch": self.micro,
-            "device": d.device.type,
-            "parallel": cfg.parallel if d.world > 1 else "single",
-            "resumed_from_step": self.resumed_from,
-            "replica_digests": digests,
-            "session_seconds": time.perf_counter() - started,
-        }
+        summary = self.summary(session, digests)
         if d.main:
             atomic_write_text(self.out / "train_summary.json", json.dumps(summary, indent=2))
             if cfg.keep_final_checkpoint:
@@ -438,6 +473,31 @@ class Trainer:
                 shutil.rmtree(self.ckpt_root, ignore_errors=True)
         self.barrier()
         return summary
+
+    def summary(self, session: Session, digests: list[str] | None) -> dict[str, Any]:
+        cfg, d = self.cfg, self.d
+        tokens_per_s = session.tokens_per_s(cfg.global_batch_tokens)
+        return {
+            "steps": self.step,
+            "tokens": self.step * cfg.global_batch_tokens,
+            "final_loss": session.last_loss,
+            **session.val,
+            "tokens_per_s": tokens_per_s,
+            "flops_per_s": tokens_per_s * self.flops_per_token,
+            "mfu": tokens_per_s * self.flops_per_token / session.total_peak,
+            "peak_flops": session.total_peak,
+            "peak_flops_source": session.peak_source,
+            "n_params": self.n_params,
+            "flops_per_token": self.flops_per_token,
+            "vocab_size": self.hf_config.vocab_size,
+            "world_size": d.world,
+            "micro_batch": self.micro,
+            "device": d.device.type,
+            "parallel": cfg.parallel if d.world > 1 else "single",
+            "resumed_from_step": self.resumed_from,
+            "replica_digests": digests,
+            "session_seconds": time.perf_counter() - session.started,
+        }
 
     def replica_digests(self) -> list[str] | None:
         """DDP replicas must hold bit-identical parameters; a mismatch is an error, not a warning."""
@@ -483,9 +543,9 @@ class Trainer:
     def record_samples(self, samples: list[dict], logger: MetricLogger) -> None:
         if not (samples and self.d.main):
             return
-        with open(self.out / "samples.jsonl", "a") as fh:
+        with JsonlWriter(self.out / "samples.jsonl", "a") as fh:
             for s in samples:
-                fh.write(json.dumps(s) + "\n")
+                fh.write(s)
         text = "\n\n".join(f"[step {s['step']}] {s['prompt']!r}\n{s['text']}" for s in samples)
         try:
             logger.log_text(text, f"samples/step-{self.step:07d}.txt")

@@ -11,7 +11,7 @@ is written to a temporary name and renamed, so it is never left half-written.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
 import tempfile
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from conf.scrub import ENTITY_TYPES, ScrubConfig
+from tasks.common.jsonl import JsonlWriter, json_lines
 from tasks.scrub.detect import redact
 from tasks.scrub.parallel import batched, find_batches
 
@@ -28,23 +29,21 @@ from tasks.scrub.parallel import batched, find_batches
 def _records(
     fh: IO[str], name: str, text_field: str, bad: list[int], err: IO[str]
 ) -> Iterator[dict[str, Any]]:
-    for lineno, line in enumerate(fh, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            problem = f"bad JSON ({e.msg} at column {e.colno})"
+    """The records that can be scrubbed; any other line is reported as `name:line: ...`, counted and
+    skipped."""
+    for line in json_lines(fh):
+        rec = line.value
+        if line.error is not None:
+            problem = f"bad JSON ({line.error.msg} at column {line.error.colno})"
+        elif not isinstance(rec, dict):
+            problem = f"not a JSON object (got {type(rec).__name__})"
+        elif not isinstance(rec.get(text_field), str):
+            problem = f"no string field {text_field!r} (use --text-field to pick another)"
         else:
-            if not isinstance(rec, dict):
-                problem = f"not a JSON object (got {type(rec).__name__})"
-            elif not isinstance(rec.get(text_field), str):
-                problem = f"no string field {text_field!r} (use --text-field to pick another)"
-            else:
-                yield rec
-                continue
-        bad.append(lineno)
-        print(f"{name}:{lineno}: {problem}; line skipped", file=err)
+            yield rec
+            continue
+        bad.append(line.lineno)
+        print(f"{name}:{line.lineno}: {problem}; line skipped", file=err)
 
 
 def scrub_jsonl(
@@ -53,40 +52,50 @@ def scrub_jsonl(
     """Scrub `src` into `dst` (paths or `-`); returns a summary: records, with_pii, by_type, bad_lines."""
     err = err or sys.stderr  # looked up per call: sys.stderr may have been replaced since import
     bad: list[int] = []
-    by_type: Counter[str] = Counter()
-    records = with_pii = 0
     fin = sys.stdin if src == "-" else open(src, encoding="utf-8")
-    if dst == "-":
-        fout, tmp = sys.stdout, None
-    else:
-        Path(dst).resolve().parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=Path(dst).resolve().parent, prefix=f".{Path(dst).name}.", suffix=".tmp"
-        )
-        fout = os.fdopen(fd, "w", encoding="utf-8")
     try:
-        recs = _records(fin, "<stdin>" if src == "-" else src, text_field, bad, err)
-        batches = ((batch, [r[text_field] for r in batch]) for batch in batched(recs, cfg.batch_docs))
-        for batch, found in find_batches(batches, cfg):
-            for rec, spans in zip(batch, found, strict=True):
-                rec[text_field] = redact(rec[text_field], spans)
-                rec["pii"] = [sp.to_json() for sp in spans]
-                fout.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                records += 1
-                with_pii += bool(spans)
-                by_type.update(sp.type for sp in spans)
-        fout.flush()
-        if tmp is not None:
-            fout.close()
-            os.replace(tmp, dst)
-            tmp = None
+        with _output(dst) as fout:
+            recs = _records(fin, "<stdin>" if src == "-" else src, text_field, bad, err)
+            summary = _scrub_records(recs, JsonlWriter(fout), cfg, text_field)
     finally:
         if fin is not sys.stdin:
             fin.close()
-        if tmp is not None:
-            fout.close()
-            Path(tmp).unlink(missing_ok=True)
-    return {"records": records, "with_pii": with_pii, "by_type": dict(by_type), "bad_lines": bad}
+    return {**summary, "bad_lines": bad}
+
+
+@contextlib.contextmanager
+def _output(dst: str) -> Iterator[IO[str]]:
+    """stdout for `-`; else a temp file beside `dst`, renamed to `dst` only when everything was written."""
+    if dst == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    folder = Path(dst).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{Path(dst).name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fout:
+            yield fout
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _scrub_records(
+    recs: Iterator[dict[str, Any]], out: JsonlWriter, cfg: ScrubConfig, text_field: str
+) -> dict[str, Any]:
+    """Write every record with its text scrubbed and its `pii` offsets; count what was found."""
+    by_type: Counter[str] = Counter()
+    with_pii = 0
+    batches = ((batch, [r[text_field] for r in batch]) for batch in batched(recs, cfg.batch_docs))
+    for batch, found in find_batches(batches, cfg):
+        for rec, spans in zip(batch, found, strict=True):
+            rec[text_field] = redact(rec[text_field], spans)
+            rec["pii"] = [sp.to_json() for sp in spans]
+            out.write(rec)
+            with_pii += bool(spans)
+            by_type.update(sp.type for sp in spans)
+    return {"records": out.count, "with_pii": with_pii, "by_type": dict(by_type)}
 
 
 def add_arguments(p: Any) -> None:
@@ -133,7 +142,8 @@ def run(args: Any) -> int:
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary["by_type"].items())) or "none"
     note = f"; {len(summary['bad_lines'])} bad line(s) skipped" if summary["bad_lines"] else ""
     print(
-        f"scrubbed {summary['records']} records ({summary['with_pii']} with PII: {kinds}) -> {args.output}{note}",
+        f"scrubbed {summary['records']} records ({summary['with_pii']} with PII: {kinds}) "
+        f"-> {args.output}{note}",
         file=sys.stderr,
     )
     return 1 if summary["bad_lines"] else 0

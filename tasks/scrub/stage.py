@@ -21,6 +21,8 @@ from typing import Any
 from conf.scrub import ScrubConfig
 from tasks.common.artifacts import Manifest
 from tasks.common.data import Document, read_shard
+from tasks.common.jsonl import JsonlWriter
+from tasks.common.pool import OrderedPool
 from tasks.common.shards import (
     ShardJob,
     ShardMap,
@@ -90,18 +92,19 @@ class ScrubPart:
     seconds: float
 
 
-def scrub_shard(cfg: ScrubConfig, out: Path, job: ShardJob, pool: Any = None) -> ScrubPart:
-    """Scrub one input shard into output shard `job.index` (+ its redactions part), then rescan what it wrote."""
+def scrub_shard(cfg: ScrubConfig, out: Path, job: ShardJob, pool: OrderedPool | None = None) -> ScrubPart:
+    """Scrub one input shard into output shard `job.index` (+ its redactions part), then rescan what it
+    wrote."""
     started = time.perf_counter()
     tally = Tally()
     batches = ((batch, [d.text for d in batch]) for batch in batched(job.documents(), cfg.batch_docs))
-    with job.writer(out) as writer, open(part_path(out, REDACTIONS, job.index), "w", encoding="utf-8") as red:
+    with job.writer(out) as writer, JsonlWriter(part_path(out, REDACTIONS, job.index)) as red:
         for batch, found in find_batches(batches, cfg, pool):
             for doc, spans in zip(batch, found, strict=True):
                 text = redact(doc.text, spans)
                 tally.add(doc.id, doc.text, text, spans, cfg)
                 if spans:
-                    red.write(json.dumps({"id": doc.id, "pii": [sp.to_json() for sp in spans]}) + "\n")
+                    red.write({"id": doc.id, "pii": [sp.to_json() for sp in spans]})
                 writer.write(Document(doc.id, text, doc.source, doc.meta))
     seconds = time.perf_counter() - started
     left, leak_ids = leak_check(writer.paths, cfg, pool)
@@ -115,60 +118,70 @@ def scrub(
     log_: MetricLogger,
     map_shards: ShardMap | None = None,
 ) -> StageReport:
-    """Scrub every input shard, then merge the tallies and the redactions into one report.
-
-    In-process (no `map_shards`), the shards share one pool of `pii.workers` processes; on a cluster
-    each shard is scrubbed in-process by one cluster worker. The output is the same either way.
-    """
+    """Scrub every input shard, then merge the tallies and the redactions into one report."""
     source = inputs["dedup"] if "dedup" in inputs else next(iter(inputs.values()))
     jobs = shard_jobs(source)
-    if map_shards is None:
-        parts = []
-        with worker_pool(cfg) as pool:
-            for job in jobs:
-                parts.append(scrub_shard(cfg, out, job, pool))
-                log_.log_metrics({"progress/documents": sum(p.tally.docs for p in parts)}, step=job.index)
-    else:
-        parts = map_shards(partial(scrub_shard, cfg.model_copy(update={"workers": 1}), out), jobs)
+    parts = scrub_shards(cfg, jobs, out, log_, map_shards)
     concat_parts((part_path(out, REDACTIONS, job.index) for job in jobs), out / REDACTIONS)
     remove_parts(out)
-
-    tally = Tally()
-    left_by_type: Counter[str] = Counter()
-    for p in parts:
-        tally.docs += p.tally.docs
-        tally.with_pii += p.tally.with_pii
-        tally.n_bytes += p.tally.n_bytes
-        tally.by_type.update(p.tally.by_type)
-        left_by_type.update(p.left)
-    samples = first_per_key((s for p in parts for s in p.tally.samples), "type", cfg.samples_per_type)
-    leak_ids = [i for p in parts for i in p.leak_ids][:MAX_LEAK_IDS]
-    docs, with_pii, by_type = tally.docs, tally.with_pii, tally.by_type
-    chars, scrub_seconds = sum(p.chars for p in parts), sum(p.seconds for p in parts)
-    pii_left = sum(left_by_type.values())
-    total = sum(by_type.values())
-    report = {
-        "documents": docs,
-        "documents_with_pii": with_pii,
-        "pii_total": total,
-        "by_type": {t: by_type[t] for t in cfg.entities},
-        "pii_left": pii_left,
-        "pii_left_by_type": {t: left_by_type[t] for t in cfg.entities if left_by_type[t]},
-        "leak_documents": leak_ids,
-        "entities": list(cfg.entities),
-        "samples": samples,
-    }  # deterministic (no timings): it is one of the stage's content-hashed outputs
+    report = pii_report(cfg, parts)
     (out / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     log_.log_artifact(out / REPORT)
-    if samples:
-        log_.log_table({k: [s[k] for s in samples] for k in ("id", "type", "context")}, "pii_samples.json")
-    mb = tally.n_bytes / 1e6
+    if report["samples"]:
+        rows = report["samples"]
+        log_.log_table({k: [s[k] for s in rows] for k in ("id", "type", "context")}, "pii_samples.json")
+    return stage_report(cfg, parts, report)
+
+
+def scrub_shards(
+    cfg: ScrubConfig, jobs: list[ShardJob], out: Path, log_: MetricLogger, map_shards: ShardMap | None
+) -> list[ScrubPart]:
+    """In-process (no `map_shards`), the shards share one pool of `pii.workers` processes; on a cluster
+    each shard is scrubbed in-process by one cluster worker. The output is the same either way."""
+    if map_shards is not None:
+        return map_shards(partial(scrub_shard, cfg.model_copy(update={"workers": 1}), out), jobs)
+    parts: list[ScrubPart] = []
+    with worker_pool(cfg) as pool:
+        for job in jobs:
+            parts.append(scrub_shard(cfg, out, job, pool))
+            log_.log_metrics({"progress/documents": sum(p.tally.docs for p in parts)}, step=job.index)
+    return parts
+
+
+def pii_report(cfg: ScrubConfig, parts: list[ScrubPart]) -> dict[str, Any]:
+    """`pii_report.json`, merged from the shards: one of the stage's content-hashed outputs, so no timings."""
+    docs = sum(p.tally.docs for p in parts)
+    with_pii = sum(p.tally.with_pii for p in parts)
+    by_type: Counter[str] = Counter()
+    left_by_type: Counter[str] = Counter()
+    for p in parts:
+        by_type.update(p.tally.by_type)
+        left_by_type.update(p.left)
+    return {
+        "documents": docs,
+        "documents_with_pii": with_pii,
+        "pii_total": sum(by_type.values()),
+        "by_type": {t: by_type[t] for t in cfg.entities},
+        "pii_left": sum(left_by_type.values()),
+        "pii_left_by_type": {t: left_by_type[t] for t in cfg.entities if left_by_type[t]},
+        "leak_documents": [i for p in parts for i in p.leak_ids][:MAX_LEAK_IDS],
+        "entities": list(cfg.entities),
+        "samples": first_per_key((s for p in parts for s in p.tally.samples), "type", cfg.samples_per_type),
+    }
+
+
+def stage_report(cfg: ScrubConfig, parts: list[ScrubPart], report: dict[str, Any]) -> StageReport:
+    docs, with_pii, total, pii_left = (
+        report[k] for k in ("documents", "documents_with_pii", "pii_total", "pii_left")
+    )
+    mb = sum(p.tally.n_bytes for p in parts) / 1e6
+    scrub_seconds = sum(p.seconds for p in parts)
     log.info(
         "scrub: %d documents, %d with PII, %d spans %s; %d left after rescan; %.1f MB/s",
         docs,
         with_pii,
         total,
-        dict(by_type),
+        {t: n for t, n in report["by_type"].items() if n},
         pii_left,
         mb / scrub_seconds if scrub_seconds else 0.0,
     )
@@ -177,20 +190,22 @@ def scrub(
             "documents": docs,
             "documents_with_pii": with_pii,
             "pii_total": total,
-            **{f"pii_{t}": by_type[t] for t in cfg.entities},
+            **{f"pii_{t}": report["by_type"][t] for t in cfg.entities},
             "pii_left": pii_left,
-            "chars": chars,
+            "chars": sum(p.chars for p in parts),
         },
         metrics={
             "pii_docs_share": with_pii / docs if docs else 0.0,
             "pii_per_mb": total / mb if mb else 0.0,
             "scrub_mb_per_s": mb / scrub_seconds if scrub_seconds else 0.0,
         },
-        extra={"leak_documents": leak_ids, "report": REPORT, "redactions": REDACTIONS},
+        extra={"leak_documents": report["leak_documents"], "report": REPORT, "redactions": REDACTIONS},
     )
 
 
-def leak_check(shards: list[Path], cfg: ScrubConfig, pool: Any = None) -> tuple[Counter[str], list[str]]:
+def leak_check(
+    shards: list[Path], cfg: ScrubConfig, pool: OrderedPool | None = None
+) -> tuple[Counter[str], list[str]]:
     """Scan written shards again: PII still detectable by type, and (some of) the documents holding it."""
     left: Counter[str] = Counter()
     ids: list[str] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import ensure_debian_binaries, find_binary
+from tests.services import find_binary, require_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
@@ -35,8 +35,8 @@ def find_pg_tool(name: str) -> str | None:
 
 
 def ensure_postgres_tools() -> None:
-    """Skip (with the reason) unless initdb/pg_ctl/psql exist or can be apt-installed here (as root)."""
-    ensure_debian_binaries("postgresql", PG_TOOLS, PG_BIN_DIRS)
+    """Skip (naming `make services`) unless initdb/pg_ctl/psql are installed."""
+    require_binaries("postgresql", PG_TOOLS, PG_BIN_DIRS)
 
 
 def free_port() -> int:

@@ -127,9 +127,8 @@ def test_smoke_deployment_runs_on_postgres_backed_servers(services: Services):
         services.prefect_api, "data/tiny-dask", FLOW_RUN_TIMEOUT_S, services.logs,
         parameters={"preset": "smoke", "overrides": overrides},
     ))  # fmt: skip
-    print(
-        f"data/tiny-dask (smoke data on a 2-worker LocalCluster) via the worker: {time.perf_counter() - t0:.1f} s"
-    )
+    seconds = time.perf_counter() - t0
+    print(f"data/tiny-dask (smoke data on a 2-worker LocalCluster) via the worker: {seconds:.1f} s")
     assert data_run.state.is_completed(), (
         f"{data_run.state_name}: {data_run.state.message}\n{tails(services.logs)}"
     )
