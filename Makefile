@@ -19,7 +19,7 @@ ARTIFACTS ?= $(or $(LMFORGE_ARTIFACTS),artifacts)
 
 
 .PHONY: install services test test-slow test-all test-integration pipeline data pretrain align evaluate stage ui lint \
-  format clean show-config bench server worker deploy run-deployment
+  typecheck format clean show-config bench server worker deploy run-deployment
 
 install: $(STAMP)
 
@@ -111,6 +111,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS) || status=1; \
 	$(BIN)/ruff format --check $(LINT_DIRS) || status=1; \
 	exit $$status
+
+# mypy with pyproject.toml's [tool.mypy]: strict on conf/, tasks/common/ and flows/.
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format $(LINT_DIRS)

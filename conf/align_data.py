@@ -16,6 +16,12 @@ from conf.base import StageConfig
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 RejectedKind = Literal["other_object", "truncated", "shuffled"]
+ObjectKind = Literal["function", "method", "class", "module"]
+OBJECT_KINDS: tuple[ObjectKind, ...] = ("function", "method", "class", "module")
+
+
+def _default_rejected_weights() -> dict[RejectedKind, float]:
+    return {"other_object": 0.5, "truncated": 0.25, "shuffled": 0.25}
 
 
 class DatasetSource(BaseModel):
@@ -55,8 +61,8 @@ class DatasetSource(BaseModel):
 
 class AlignDataConfig(StageConfig):
     builtin: bool = Field(True, description="Build instruction/preference pairs from the pydocs documents.")
-    kinds: list[Literal["function", "method", "class", "module"]] = Field(
-        default_factory=lambda: ["function", "method", "class", "module"],
+    kinds: list[ObjectKind] = Field(
+        default_factory=lambda: list(OBJECT_KINDS),
         min_length=1,
         description="pydocs object kinds that become prompts.",
     )
@@ -69,7 +75,7 @@ class AlignDataConfig(StageConfig):
     max_signature_chars: int = Field(100, ge=10, description="Longer signatures are shown as '(...)'.")
     max_pairs: int | None = Field(None, gt=0, description="Cap on built-in pairs (chosen by id hash).")
     rejected_weights: dict[RejectedKind, float] = Field(
-        default_factory=lambda: {"other_object": 0.5, "truncated": 0.25, "shuffled": 0.25},
+        default_factory=_default_rejected_weights,
         description="How rejected answers are made: another object's summary from the same module, "
         "the right summary cut short, or its sentences (or words) shuffled.",
     )

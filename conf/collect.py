@@ -87,8 +87,12 @@ class WarcSource(SourceBase):
 Source = Annotated[PydocsSource | FilesSource | HfSource | WarcSource, Field(discriminator="kind")]
 
 
+def _default_sources() -> list[Source]:
+    return [PydocsSource()]
+
+
 class CollectConfig(StageConfig):
-    sources: list[Source] = Field(default_factory=lambda: [PydocsSource()], min_length=1)
+    sources: list[Source] = Field(default_factory=_default_sources, min_length=1)
     max_docs: int | None = Field(None, gt=0, description="Total cap, split across sources by weight.")
     shard_docs: int = Field(5000, gt=0, description="Documents per output shard.")
     on_error: Literal["skip", "fail"] = Field(

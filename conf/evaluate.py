@@ -16,6 +16,9 @@ DEFAULT_SAMPLE_PROMPTS = [
     "Explain the purpose of the `json` module in one sentence.",
     "What does `itertools.chain` return?",
 ]
+DEFAULT_SAMPLE_MODELS: tuple[ModelName, ...] = ("sft", "ppo")
+DEFAULT_DECODINGS: tuple[Decoding, ...] = ("greedy", "temperature", "top_k", "top_p", "beam")
+DEFAULT_LM_EVAL_MODELS: tuple[ModelName, ...] = ("ppo",)
 
 
 class EvaluateConfig(StageConfig):
@@ -42,10 +45,8 @@ class EvaluateConfig(StageConfig):
     batch_size: int = Field(16, gt=0, description="Sequences per forward/generate batch.")
     # sample-generation table
     sample_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))
-    sample_models: list[ModelName] = Field(default_factory=lambda: ["sft", "ppo"], min_length=1)
-    decodings: list[Decoding] = Field(
-        default_factory=lambda: ["greedy", "temperature", "top_k", "top_p", "beam"], min_length=1
-    )
+    sample_models: list[ModelName] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_MODELS), min_length=1)
+    decodings: list[Decoding] = Field(default_factory=lambda: list(DEFAULT_DECODINGS), min_length=1)
     sample_max_new_tokens: int = Field(48, gt=0)
     temperature: float = Field(0.8, gt=0)
     top_k: int = Field(20, gt=0)
@@ -54,7 +55,9 @@ class EvaluateConfig(StageConfig):
     repetition_penalty: float = Field(1.0, gt=0, description="Applied to every sample decoding; 1.0 = off.")
     # optional lm-evaluation-harness run (its tasks download data: off by default)
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm_eval task names; [] skips it.")
-    lm_eval_models: list[ModelName] = Field(default_factory=lambda: ["ppo"], min_length=1)
+    lm_eval_models: list[ModelName] = Field(
+        default_factory=lambda: list(DEFAULT_LM_EVAL_MODELS), min_length=1
+    )
     lm_eval_limit: int | None = Field(None, gt=0, description="Examples per lm_eval task (None: all).")
     lm_eval_include_path: str | None = Field(
         None,

@@ -10,7 +10,7 @@ from conf.base import StageConfig
 
 EntityType = Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "US_SSN", "IBAN_CODE"]
 # Overlap ties (same length) go to the entity listed first: the most specific formats first.
-ENTITY_TYPES: tuple[str, ...] = (
+_ENTITIES_BY_PRIORITY: tuple[EntityType, ...] = (
     "EMAIL_ADDRESS",
     "IBAN_CODE",
     "CREDIT_CARD",
@@ -18,13 +18,15 @@ ENTITY_TYPES: tuple[str, ...] = (
     "IP_ADDRESS",
     "PHONE_NUMBER",
 )
+# The same, as plain strings: the detector looks entity types up by whatever string a span carries.
+ENTITY_TYPES: tuple[str, ...] = _ENTITIES_BY_PRIORITY
 
 
 class ScrubConfig(StageConfig):
     NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset({"workers", "batch_docs"})
 
     entities: list[EntityType] = Field(
-        default_factory=lambda: list(ENTITY_TYPES),
+        default_factory=lambda: list(_ENTITIES_BY_PRIORITY),
         min_length=1,
         description="Entity types to find and replace with `<TYPE>`.",
     )

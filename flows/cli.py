@@ -6,7 +6,17 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from conf.schema import PipelineConfig
+    from flows.runner import PipelineRun
+    from tasks.common.artifacts import Manifest
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -22,7 +32,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> PipelineConfig:
     from conf.loader import load_config
 
     overrides = [o for item in args.overrides for o in item.split()] if args.overrides else []
@@ -40,7 +50,7 @@ def _prefect_env() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def print_summary(run, console=None) -> None:
+def print_summary(run: PipelineRun, console: Console | None = None) -> None:
     """The run's stage table, key metrics, model card and registry entry, and where to look in MLflow."""
     from rich.console import Console
 
@@ -61,7 +71,7 @@ def print_summary(run, console=None) -> None:
     _print_mlflow_ui(console, run.tracking_uri, run.experiment_id)
 
 
-def _stage_table(run):
+def _stage_table(run: PipelineRun) -> Table:
     """One row per stage: status, seconds, key figure and folder; a failed stage last, in red."""
     from rich.table import Table
 
@@ -84,7 +94,7 @@ def _stage_table(run):
     return table
 
 
-def _print_export(console, export) -> None:
+def _print_export(console: Console, export: Manifest) -> None:
     console.print(f"model card: {Path(export.path) / 'model' / 'README.md'}")
     if export.extra.get("registered_model_name"):
         console.print(
@@ -93,7 +103,7 @@ def _print_export(console, export) -> None:
         )
 
 
-def _print_mlflow_ui(console, uri: str, experiment_id: str | None) -> None:
+def _print_mlflow_ui(console: Console, uri: str, experiment_id: str | None) -> None:
     console.print(
         f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)"
     )
@@ -108,7 +118,6 @@ def cmd_run(args: argparse.Namespace, targets: list[str] | None = None) -> int:
     cfg = _load(args)
     _prefect_env()
     from flows.lifecycle import FLOWS
-    from flows.runner import PipelineRun
 
     flow_fn = FLOWS[getattr(args, "flow", None) or "lifecycle"]
     holder: dict[str, PipelineRun] = {}
@@ -197,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from conf.loader import ConfigError
 
+    func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return args.func(args)
+        return func(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

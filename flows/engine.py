@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -21,7 +21,17 @@ from prefect.context import TaskRunContext
 
 from conf.execution import ExecutionConfig
 
+if TYPE_CHECKING:
+    from contextvars import ContextVar
+
+    from distributed import LocalCluster
+    from prefect.futures import PrefectFuture
+    from prefect.task_runners import TaskRunner
+
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{stage}-shard-{index:05d}", persist_result=False)
@@ -35,12 +45,14 @@ def map_shards_flow(fn: Callable[[Any], Any], jobs: list[Any], stage: str) -> li
     # Prefect ships the current task-run context with each submitted task. Here that is the stage task
     # (flows/runner.py), and unpickling it makes every fresh worker import the whole stage registry
     # (torch, transformers, trl: ~5 s). The shards need none of it: submit them as from a plain flow.
-    token = TaskRunContext.__var__.set(None)
+    # Prefect types the variable without None, though no context at all reads as None (its `get(None)`).
+    task_run_var = cast("ContextVar[TaskRunContext | None]", TaskRunContext.__var__)
+    token = task_run_var.set(None)
     try:
         futures = [run_shard.submit(fn, job, stage, i) for i, job in enumerate(jobs)]
         return [f.result() for f in futures]
     finally:
-        TaskRunContext.__var__.reset(token)
+        task_run_var.reset(token)
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,12 @@ class DaskShardMap:
     stage: str
     address: str
 
-    def __call__(self, fn: Callable[[Any], Any], jobs: list[Any]) -> list[Any]:
-        from prefect_dask import DaskTaskRunner
+    def __call__(self, fn: Callable[[T], R], jobs: list[T]) -> list[R]:
+        from prefect_dask.task_runners import DaskTaskRunner
 
-        runner = DaskTaskRunner(address=self.address)
+        # DaskTaskRunner subclasses a bare `TaskRunner` (whose future type then defaults to Prefect's
+        # thread-pool future), and TaskRunner is invariant in it: widen it as Prefect's own Flow does.
+        runner = cast("TaskRunner[PrefectFuture[Any]]", DaskTaskRunner(address=self.address))
         return map_shards_flow.with_options(task_runner=runner)(fn, list(jobs), self.stage)
 
 
@@ -62,7 +76,7 @@ class ShardCluster:
 
     def __init__(self, cfg: ExecutionConfig):
         self.cfg = cfg
-        self._cluster: Any = None
+        self._cluster: LocalCluster | None = None
 
     def address(self) -> str | None:
         """The scheduler address for the sharded stages, or None to run them in-process."""
@@ -81,13 +95,13 @@ class ShardCluster:
             self._cluster = self._start_local()
         return self._cluster.scheduler_address
 
-    def _start_local(self) -> Any:
+    def _start_local(self) -> LocalCluster:
         from distributed import LocalCluster
 
         # Task runs on the workers report to this run's Prefect API; without the URL each worker
         # process would start a temporary server of its own and the UI would never see the shards.
         env = {"PREFECT_API_URL": api_url} if (api_url := _prefect_api_url()) else {}
-        cluster = LocalCluster(
+        cluster = LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=self.cfg.dask_workers,
             threads_per_worker=self.cfg.dask_threads_per_worker,
             processes=True,

@@ -11,7 +11,7 @@ import logging
 import os
 import shlex
 
-from prefect import flow
+from prefect import Flow, flow
 from pydantic import ValidationError
 
 from conf.loader import ConfigError, apply_override, format_validation_error, load_config, parse_override
@@ -65,7 +65,7 @@ def lifecycle(
     return run_pipeline(resolve_config(config, preset, overrides), targets)
 
 
-def _subflow(name: str):
+def _subflow(name: str) -> Flow[[PipelineConfig | None, str, list[str] | None], PipelineRun]:
     @flow(name=name, log_prints=True)
     def subflow(
         config: PipelineConfig | None = None, preset: str = "tiny", overrides: list[str] | None = None
@@ -83,7 +83,7 @@ pretrain_flow = _subflow("pretrain")
 align_flow = _subflow("align")
 evaluate_flow = _subflow("evaluate")
 
-FLOWS = {
+FLOWS: dict[str, Flow[..., PipelineRun]] = {
     "lifecycle": lifecycle,
     "data": data_flow,
     "pretrain": pretrain_flow,

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.context import TaskRunContext
@@ -31,6 +32,9 @@ from tasks.common.stage import (
 )
 from tasks.common.tracking import MetricLogger, MlflowLogger, Tracker
 
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import State, TaskRun
+
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +50,7 @@ class TrackingHandle:
         return Tracker(self.tracking_uri, self.experiment)
 
 
-def _cache_key(context: TaskRunContext, parameters: dict) -> str:
+def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """The stage hash, plus the artifacts root: the same stage under another root is another result."""
     spec: StageSpec = STAGES[context.task.name]
     cfg: PipelineConfig = parameters["config"]
@@ -64,7 +68,10 @@ def _run_stage_task(
     """The body of every stage task: `run_stage` for the task's stage, its shards on Dask if asked."""
     from prefect.context import get_run_context
 
-    spec = STAGES[get_run_context().task.name]
+    context = get_run_context()
+    if not isinstance(context, TaskRunContext):
+        raise RuntimeError("a stage runs as a Prefect task, not in a flow's own context")
+    spec = STAGES[context.task.name]
     map_shards = DaskShardMap(spec.name, dask_address) if dask_address and spec.sharded else None
     return run_stage(
         spec,
@@ -77,7 +84,7 @@ def _run_stage_task(
     )
 
 
-def _worth_retrying(task: Task, task_run, state) -> bool:
+def _worth_retrying(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry transient failures (I/O, a rank killed by the OS), not ones that would repeat."""
     try:
         state.result()
@@ -88,9 +95,10 @@ def _worth_retrying(task: Task, task_run, state) -> bool:
     return True
 
 
-def stage_task(spec: StageSpec, root: Path) -> Task:
+def stage_task(
+    spec: StageSpec, root: Path
+) -> Task[[PipelineConfig, dict[str, Manifest], TrackingHandle, str, str | None], StageResult]:
     return task(
-        _run_stage_task,
         name=spec.name,
         task_run_name=f"{spec.name}",
         retries=spec.retries,
@@ -99,7 +107,7 @@ def stage_task(spec: StageSpec, root: Path) -> Task:
         cache_key_fn=_cache_key,
         persist_result=True,
         result_storage=root / ".prefect-results",
-    )
+    )(_run_stage_task)
 
 
 @dataclass

@@ -81,7 +81,7 @@ def generation_config(
     from transformers import GenerationConfig
 
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
-    return GenerationConfig(
+    return GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         eos_token_id=eos_id,

@@ -188,7 +188,7 @@ def run_torchrun(
 
 
 def _route(
-    line: str, events: list[dict[str, Any]], launcher: collections.deque, logger: logging.Logger
+    line: str, events: list[dict[str, Any]], launcher: collections.deque[str], logger: logging.Logger
 ) -> None:
     """Keep the agent's worker events (logged at DEBUG only), log everything else."""
     if line.startswith("{"):
@@ -205,7 +205,7 @@ def _route(
     logger.info("%s", line)
 
 
-def stop(proc: subprocess.Popen, events: list[dict[str, Any]]) -> None:
+def stop(proc: subprocess.Popen[str], events: list[dict[str, Any]]) -> None:
     """SIGTERM torchrun's process group (its agent then stops the ranks); SIGKILL it after a grace
     period, and then the ranks' own process groups, which a killed agent can no longer stop."""
     if proc.poll() is not None:

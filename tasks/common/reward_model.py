@@ -9,7 +9,7 @@ pairs (so an answer ends with EOS), and the reward is the score head's output at
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ def load_reward_model(path: Path, tokenizer: Any = None) -> Any:
     """
     from transformers import AutoModelForSequenceClassification
 
+    suppress_seqcls_warning: Callable[[], contextlib.AbstractContextManager[object]]
     try:  # a causal LM folder has lm_head and no score head: expected, so trl's helper quiets that report
         from trl.trainer.reward_trainer import suppress_seqcls_warning
     except ImportError:  # pragma: no cover - moved in another trl version

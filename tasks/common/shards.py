@@ -15,14 +15,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tasks.common.artifacts import Manifest
 from tasks.common.data import DOCS_DIR, Document, ShardWriter, read_shard, shard_paths
 
 T = TypeVar("T")
 R = TypeVar("R")
-ShardMap = Callable[[Callable[[T], R], list[T]], list[R]]
+
+
+class ShardMap(Protocol):
+    """Maps `fn` over `jobs` like the builtin `map`, returning the results as a list in job order."""
+
+    def __call__(self, fn: Callable[[T], R], jobs: list[T], /) -> list[R]: ...
 
 
 def map_here(fn: Callable[[T], R], jobs: list[T]) -> list[R]:

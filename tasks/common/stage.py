@@ -86,7 +86,8 @@ class StageSpec:
     fingerprint: FingerprintFn | None = None  # input fingerprint keyed into the hash (see above)
 
     def config_of(self, pipeline_cfg: Any) -> StageConfig:
-        return getattr(pipeline_cfg, self.name)
+        cfg: StageConfig = getattr(pipeline_cfg, self.name)
+        return cfg
 
     def keyed_config(self, pipeline_cfg: Any) -> dict[str, Any]:
         """What keys the stage hash besides the inputs: the result-affecting config plus the fingerprint."""

@@ -90,7 +90,7 @@ def tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 512) -> Any
         show_progress=False,
     )
     tok.train_from_iterator((texts or DEFAULT_TEXTS) * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<|bos|>",
         eos_token="<|eos|>",

@@ -16,10 +16,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO, TypedDict
 
 import numpy as np
 
 INDEX_FILE = "tokens/index.json"
+
+
+class ShardEntry(TypedDict):
+    """One shard of a split in `index.json`: its file (relative to the folder) and its token count."""
+
+    file: str
+    tokens: int
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -36,13 +44,13 @@ class TokenShardWriter:
     bos_id: int | None = None
     pad_id: int | None = None
     shard_tokens: int = 50_000_000
-    splits: dict[str, list[dict]] = field(default_factory=dict)
+    splits: dict[str, list[ShardEntry]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         (self.out / "tokens").mkdir(parents=True, exist_ok=True)
         self.dtype = dtype_for(self.vocab_size)
-        self._open: dict[str, tuple[object, dict]] = {}
+        self._open: dict[str, tuple[BinaryIO, ShardEntry]] = {}
 
     def write(self, split: str, ids: np.ndarray | list[int]) -> None:
         """Append to the split's stream; an array larger than the room left spills into the next shard."""
@@ -56,27 +64,27 @@ class TokenShardWriter:
             if room <= 0:
                 self._close(split)
                 continue
-            fh.write(arr[:room].tobytes())  # type: ignore[attr-defined]
+            fh.write(arr[:room].tobytes())
             entry["tokens"] += len(arr[:room])
             arr = arr[room:]
 
-    def _current(self, split: str) -> tuple[object, dict]:
+    def _current(self, split: str) -> tuple[BinaryIO, ShardEntry]:
         if split not in self._open:
             shards = self.splits.setdefault(split, [])
             rel = f"tokens/{split}-{len(shards):05d}.bin"
-            entry = {"file": rel, "tokens": 0}
+            entry: ShardEntry = {"file": rel, "tokens": 0}
             shards.append(entry)
             self._open[split] = (open(self.out / rel, "wb"), entry)
         return self._open[split]
 
     def _close(self, split: str) -> None:
         fh, _ = self._open.pop(split)
-        fh.close()  # type: ignore[attr-defined]
+        fh.close()
 
-    def close(self) -> dict:
+    def close(self) -> dict[str, Any]:
         for split in list(self._open):
             self._close(split)
-        index = {
+        index: dict[str, Any] = {
             "dtype": self.dtype.name,
             "vocab_size": self.vocab_size,
             "eos_id": self.eos_id,
@@ -88,11 +96,12 @@ class TokenShardWriter:
         return index
 
 
-def read_index(folder: Path) -> dict:
+def read_index(folder: Path) -> dict[str, Any]:
     path = Path(folder) / INDEX_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the folder has no token shards (run the tokenizer stage)")
-    return json.loads(path.read_text())
+    index: dict[str, Any] = json.loads(path.read_text())
+    return index
 
 
 def open_split(folder: Path, split: str) -> list[np.memmap]:

@@ -332,12 +332,17 @@ class Tracker:
         if not upstream:
             return
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        # mlflow.data makes this class (one per artifact-repository scheme) when it is imported and sets it
+        # on its `sources` module, where a type checker cannot see it
+        from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]
         from mlflow.entities import DatasetInput, InputTag
 
         inputs = [
             DatasetInput(
-                MetaDataset(
+                # mlflow marks Dataset.profile abstract, but Dataset is no ABC and MetaDataset (which
+                # leaves it out) is meant to be instantiated
+                MetaDataset(  # type: ignore[abstract]
                     LocalArtifactDatasetSource(m.path), name=name, digest=m.content_hash
                 )._to_mlflow_entity(),
                 tags=[InputTag("mlflow.data.context", "lmforge.upstream")],
