@@ -1,14 +1,49 @@
-"""The alignment data format shared by `align_data` (writes it) and `sft`, `reward`, `ppo`, `evaluate`,
-`tokenizer` (read it): file names inside an `align_data` stage folder and the row fields.
+"""The alignment data format shared by `align_data` (writes it) and `tokenizer`, `sft`, `reward`,
+`judge`, `ppo`, `evaluate` (read it): file names inside an `align_data` stage folder and the row fields.
 
 Kept here, not in `tasks/align_data.py`, so no stage imports another stage.
+
+Roles. The built-in pairs are split by *top-level package* (so `email.mime` and `email.parser` never
+straddle a split) into disjoint roles, each used by one consumer, so nothing is judged by data it was
+trained on:
+
+- `eval`   held-out prompts: evaluation only (and the tokenizer's decontamination set);
+- `rm`     preference pairs the policy's reward model trains on;
+- `judge`  preference pairs the independent judge reward model trains on (never seen by the policy's RM);
+- `ppo`    prompts the RL stage optimises on (never seen by either reward model).
+
+SFT trains on every role but `eval`.
+
+Rows (all JSONL, conversational, trl's formats plus bookkeeping fields):
+- SFT:  `{id, module, prompt: [msgs], completion: [msgs]}`
+- prefs: `{id, module, prompt: [msgs], chosen: [msgs], rejected: [msgs], rejected_kind}`
+- PPO prompts: like SFT rows (the completion is the reference answer, used for reference-based scores).
 """
 
 from __future__ import annotations
 
 # Prompt/completion rows (trl's prompt-completion format), by split.
 SFT_FILES = {"train": "sft/train.jsonl", "eval": "sft/eval.jsonl"}
-# Preference rows `{prompt, chosen, rejected, ...}` (trl's explicit-prompt format), by split.
-PREF_FILES = {"train": "prefs/train.jsonl", "eval": "prefs/eval.jsonl"}
+# Preference rows (trl's explicit-prompt format): `train` = the `rm` role, `judge` = the judge's role,
+# `eval` = held-out pairs (reward-model accuracy per rejected kind).
+PREF_FILES = {"train": "prefs/train.jsonl", "eval": "prefs/eval.jsonl", "judge": "prefs/judge.jsonl"}
+# Prompts (with reference answers) of the `ppo` role.
+PPO_PROMPTS = "ppo/prompts.jsonl"
 # `{id, text}` of every document held out for evaluation: what the tokenizer stage decontaminates against.
 EVAL_DOCUMENTS = "eval_documents.jsonl"
+
+# How a rejected answer was made. `on_policy` rejections (samples of the SFT model) are added by the
+# reward and judge stages, which have the SFT model; align_data makes the others.
+REJECTED_KINDS = ("other_object", "truncated", "shuffled", "generic", "on_policy")
+# Stock answers that say nothing about the object: rejected kind `generic`, and the candidates
+# `evaluate` picks its best constant answer from (on the training split).
+GENERIC_ANSWERS = (
+    "Return a list.",
+    "This function returns a value.",
+    "Return the result.",
+    "A helper class.",
+    "This module provides functions and classes.",
+    "Return True if the object is valid, False otherwise.",
+    "Create a new instance.",
+    "Initialize self.  See help(type(self)) for accurate signature.",
+)
