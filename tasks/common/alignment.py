@@ -45,5 +45,5 @@ GENERIC_ANSWERS = (
     "This module provides functions and classes.",
     "Return True if the object is valid, False otherwise.",
     "Create a new instance.",
-    "Initialize self.  See help(type(self)) for accurate signature.",
+    "See the documentation for details.",
 )
