@@ -19,7 +19,7 @@ ARTIFACTS ?= $(or $(LMFORGE_ARTIFACTS),artifacts)
 
 
 .PHONY: install services test test-slow test-all test-integration pipeline data pretrain align evaluate stage ui lint \
-  typecheck format clean show-config bench server worker deploy run-deployment
+  typecheck format clean show-config bench server worker deploy run-deployment align-compare
 
 install: $(STAMP)
 
@@ -63,6 +63,12 @@ pipeline: $(STAMP)
 
 data pretrain align evaluate: $(STAMP)
 	$(BIN)/lmforge run --flow $@ --preset $(PRESET) $(SET_ARGS)
+
+# Every alignment algorithm (ppo, grpo, rloo, dpo) from the same SFT model (upstream stages built once,
+# then cached), judged side by side on one MLflow run (table, plot, compare/<algo>/<metric> metrics);
+# ALGOS=ppo,dpo picks some.
+align-compare: $(STAMP)
+	$(BIN)/lmforge align-compare --preset $(PRESET) $(SET_ARGS) $(if $(ALGOS),--algorithms $(ALGOS))
 
 stage: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make stage NAME=dedup [PRESET=tiny] [SET='k=v ...']"; exit 2; }

@@ -15,13 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from conf.base import StageConfig
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-RejectedKind = Literal["other_object", "truncated", "shuffled"]
+RejectedKind = Literal["other_object", "truncated", "shuffled", "generic"]
+TrainRole = Literal["rm", "judge", "ppo"]
 ObjectKind = Literal["function", "method", "class", "module"]
 OBJECT_KINDS: tuple[ObjectKind, ...] = ("function", "method", "class", "module")
 
 
 def _default_rejected_weights() -> dict[RejectedKind, float]:
-    return {"other_object": 0.5, "truncated": 0.25, "shuffled": 0.25}
+    return {"other_object": 1.0, "truncated": 1.0, "shuffled": 1.0, "generic": 1.0}
+
+
+def _default_role_shares() -> dict[TrainRole, float]:
+    return {"rm": 0.5, "judge": 0.25, "ppo": 0.25}
 
 
 class DatasetSource(BaseModel):
@@ -60,14 +65,33 @@ class DatasetSource(BaseModel):
 
 
 class AlignDataConfig(StageConfig):
+    """Built-in pairs are split by top-level package into roles (`tasks/common/alignment.py`): `eval`
+    takes `eval_fraction` of the pairs, the rest is shared by `rm`, `judge` and `ppo` by `role_shares`.
+
+    User datasets: SFT rows go to `sft/` and preference rows to the `rm` role, each split train/eval by a
+    hash of the prompt. When no built-in package falls in the `judge` role (e.g. `builtin: false`), the
+    judge takes a seeded share (judge / (rm + judge)) of the user preference rows, which then leave the
+    `rm` role; when none falls in `ppo`, the PPO prompts are the user SFT training rows.
+    """
+
     builtin: bool = Field(True, description="Build instruction/preference pairs from the pydocs documents.")
     kinds: list[ObjectKind] = Field(
         default_factory=lambda: list(OBJECT_KINDS),
         min_length=1,
         description="pydocs object kinds that become prompts.",
     )
-    eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of modules held out for evaluation.")
-    seed: int = Field(0, description="Seeds the module split and the choice of rejected answers.")
+    eval_fraction: float = Field(
+        0.15, gt=0, lt=1, description="Share of the pairs held out for evaluation (whole top-level packages)."
+    )
+    role_shares: dict[TrainRole, float] = Field(
+        default_factory=_default_role_shares,
+        description="How the packages not held out are shared by the policy's reward model (rm), the "
+        "independent judge and the PPO prompts (normalised; by pair count).",
+    )
+    seed: int = Field(0, description="Seeds the package split and the reward model's rejected answers.")
+    judge_seed: int = Field(
+        1, description="Seeds the judge's rejected answers: a different draw than the reward model's."
+    )
     min_response_chars: int = Field(20, ge=1, description="Summaries shorter than this make no pair.")
     max_response_chars: int = Field(
         320, ge=40, description="Summaries are cut at the last whole sentence within this length."
@@ -76,8 +100,17 @@ class AlignDataConfig(StageConfig):
     max_pairs: int | None = Field(None, gt=0, description="Cap on built-in pairs (chosen by id hash).")
     rejected_weights: dict[RejectedKind, float] = Field(
         default_factory=_default_rejected_weights,
-        description="How rejected answers are made: another object's summary from the same module, "
-        "the right summary cut short, or its sentences (or words) shuffled.",
+        description="Target shares of the rejected kinds (balanced exactly, where a kind can be made): "
+        "another object's summary (length-matched), the right summary cut short (punctuation kept), its "
+        "sentences (or words) shuffled (case and punctuation kept), a generic stock answer.",
+    )
+    rejected_per_prompt: int = Field(
+        2, ge=1, le=4, description="Rejected answers (of different kinds) per rm/judge prompt."
+    )
+    balance_lengths: bool = Field(
+        True,
+        description="Make a share of the other-object and generic rejections longer than the chosen "
+        "answer, mirroring the truncations, so 'the longer answer wins' is no better than chance.",
     )
     sft_datasets: list[DatasetSource] = Field(default_factory=list, description="User SFT datasets, added.")
     pref_datasets: list[DatasetSource] = Field(
@@ -88,6 +121,8 @@ class AlignDataConfig(StageConfig):
     def _check(self) -> AlignDataConfig:
         if any(w < 0 for w in self.rejected_weights.values()) or sum(self.rejected_weights.values()) <= 0:
             raise ValueError("rejected_weights: weights must be >= 0 with a positive sum")
+        if any(w < 0 for w in self.role_shares.values()) or self.role_shares.get("rm", 0) <= 0:
+            raise ValueError("role_shares: shares must be >= 0 and the rm share positive")
         if self.min_response_chars >= self.max_response_chars:
             raise ValueError("min_response_chars must be below max_response_chars")
         if not self.builtin and not self.sft_datasets and not self.pref_datasets:

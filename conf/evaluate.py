@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from conf.base import StageConfig
 
@@ -24,24 +24,60 @@ DEFAULT_LM_EVAL_MODELS: tuple[ModelName, ...] = ("ppo",)
 class EvaluateConfig(StageConfig):
     # Gate thresholds change no output: a stricter gate re-checks the cached folder instead of re-running.
     NOT_RESULT_AFFECTING = frozenset(
-        {"batch_size", "min_rm_accuracy", "min_win_rate", "max_kl", "max_ppl_ppo"}
+        {
+            "batch_size",
+            "min_rm_accuracy",
+            "min_win_rate",
+            "max_kl",
+            "max_ppl_ppo",
+            "min_distinct_ppo",
+            "min_margin_over_constant",
+            "max_ppl_ratio",
+        }
     )
 
     # perplexity / bits per byte on the validation token shards
     block_size: int = Field(128, gt=1, description="Tokens per window (capped at the model's context).")
     max_val_tokens: int = Field(16_384, gt=1, description="Cap on validation tokens scored per model.")
     # generation on eval-split prompts
-    max_prompts: int = Field(24, gt=0, description="Eval prompts (sft/eval.jsonl) answered by SFT and PPO.")
+    max_prompts: int = Field(
+        200,
+        gt=0,
+        description="Held-out prompts (sft/eval.jsonl) answered by each policy: a seeded sample stratified "
+        "by top-level package (proportional, at least one per package); all of them, with a warning, when "
+        "fewer exist. Keep it at 200+ for win rates whose 95% interval is narrower than about +-0.07.",
+    )
+    include_base: bool = Field(
+        False,
+        description="Also answer the held-out prompts with the pretrained model (raw-text prompts: it never "
+        "saw the chat format) and score it like the policies.",
+    )
     max_prompt_tokens: int = Field(192, gt=0, description="Prompts are left-truncated to this many tokens.")
     max_new_tokens: int = Field(48, gt=0, description="Response length cap for eval prompts.")
-    max_pref_pairs: int = Field(64, gt=0, description="Held-out preference pairs scored by the reward model.")
+    max_pref_pairs: int = Field(
+        2000,
+        gt=0,
+        description="Held-out preference pairs (prefs/eval.jsonl) scored by both reward models: a seeded "
+        "sample stratified by rejected kind, so every kind present gets an accuracy.",
+    )
     max_rm_tokens: int = Field(
         384, gt=0, description="Reward-model inputs are truncated to this many tokens."
     )
     kl_samples: int = Field(
         1, ge=0, description="Sampled PPO responses per prompt for the KL(PPO||SFT) estimate."
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the prompt sample, KL samples, constant candidates, bootstrap.")
+    bootstrap_samples: int = Field(
+        1000, ge=10, description="Paired bootstrap resamples (over prompts) for the 95% intervals."
+    )
+    # the best constant answer: the baseline a policy that ignores its prompt would reach
+    constant_train_rows: int = Field(
+        512, gt=0, description="Training references (sft/train.jsonl, seeded sample) it is chosen on."
+    )
+    constant_common: int = Field(
+        10, ge=0, description="Candidates: the stock answers plus this many most frequent training answers..."
+    )
+    constant_sampled: int = Field(128, ge=0, description="...plus this many other training answers (seeded).")
     batch_size: int = Field(16, gt=0, description="Sequences per forward/generate batch.")
     # sample-generation table
     sample_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))
@@ -68,8 +104,41 @@ class EvaluateConfig(StageConfig):
         "`data_files` resolve against the working directory, not the YAML's folder.",
     )
     plot: bool = True
-    # quality gates (None disables a gate)
-    min_rm_accuracy: float | None = Field(None, ge=0, le=1)
-    min_win_rate: float | None = Field(None, ge=0, le=1, description="Gate on eval/win_rate_ppo_vs_sft.")
-    max_kl: float | None = Field(None, ge=0, description="Gate on eval/kl_ppo_sft.")
+    # quality gates (None disables a gate); none reads a number of the reward model PPO optimised
+    min_distinct_ppo: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Gate on eval/distinct_ppo (distinct greedy answers / prompts): a collapsed policy that "
+        "gives most prompts the same answer fails.",
+    )
+    min_margin_over_constant: float | None = Field(
+        0.0,
+        description="Gate: eval/rouge_l_ppo and eval/token_f1_ppo must each exceed the best constant "
+        "answer's score (eval/*_constant) by more than this.",
+    )
+    max_ppl_ratio: float | None = Field(
+        1.15, gt=0, description="Gate on eval/ppl_ratio_ppo_sft (validation perplexity, PPO / SFT)."
+    )
+    max_kl: float | None = Field(
+        10.0,
+        ge=0,
+        description="Gate on eval/kl_ppo_sft: KL(PPO || SFT) in nats per response, on sampled PPO "
+        "responses (needs kl_samples >= 1).",
+    )
+    min_win_rate: float | None = Field(
+        None, ge=0, le=1, description="Gate on eval/judge_win_rate_ppo_vs_sft (the independent judge)."
+    )
+    min_rm_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Gate on eval/rm_accuracy (the policy's reward model, held-out pairs)."
+    )
     max_ppl_ppo: float | None = Field(None, gt=0, description="Gate on eval/ppl_ppo.")
+
+    @model_validator(mode="after")
+    def _kl_gate_needs_samples(self) -> EvaluateConfig:
+        if self.max_kl is not None and self.kl_samples == 0:
+            raise ValueError(
+                "evaluate.max_kl gates the sampled KL estimate: set kl_samples >= 1, or max_kl: null "
+                "(with kl_samples 0 the KL is measured on greedy answers, which are no draws from the policy)"
+            )
+        return self

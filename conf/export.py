@@ -15,6 +15,9 @@ class ExportConfig(StageConfig):
         "lmforge-tiny", min_length=1, description="MLflow model registry name."
     )
     register_model: bool = Field(True, description="Register the model in MLflow (skipped without tracking).")
+    sample_answers: int = Field(
+        8, ge=0, description="Rows of the card's sample-answers table (prompt, reference, SFT, PPO)."
+    )
     license: str = "apache-2.0"
     language: list[str] = Field(default_factory=lambda: ["en"])
     intended_use: str = Field(

@@ -1,4 +1,5 @@
-"""Config of the `ppo` stage: RLHF of the SFT policy against the reward model (PPO, or trl's GRPO/RLOO)."""
+"""Config of the `ppo` stage: alignment of the SFT policy: RLHF against the reward model (PPO, or trl's
+GRPO/RLOO), or DPO (trl) on the reward model's preference pairs."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from conf.base import StageConfig
 
 
 class PpoConfig(StageConfig):
-    algorithm: Literal["ppo", "grpo", "rloo"] = Field(
+    algorithm: Literal["ppo", "grpo", "rloo", "dpo"] = Field(
         "ppo",
-        description="ppo: our RLHF-PPO (value model, GAE, KL-shaped reward); grpo/rloo: trl's trainers.",
+        description="ppo: our RLHF-PPO (value model, GAE, KL-shaped reward); grpo/rloo: trl's trainers; "
+        "dpo: trl's DPOTrainer on the reward model's training pairs (no reward model in the loop).",
     )
     seed: int = 0
-    max_train_prompts: int | None = Field(None, ge=1, description="Use at most this many training prompts.")
+    max_train_prompts: int | None = Field(
+        None, ge=1, description="Use at most this many training prompts (DPO: preference pairs)."
+    )
     max_prompt_tokens: int = Field(96, ge=4, description="Prompts longer than this (in tokens) are skipped.")
 
     # The policy's fresh LoRA adapter on top of the merged SFT model.
@@ -26,6 +30,7 @@ class PpoConfig(StageConfig):
 
     # Optimisation. Batch sizes are global (split over processes); a step is one rollout batch, used for
     # `ppo_epochs` passes of batch_size / mini_batch_size optimizer steps (GRPO/RLOO: the same schedule).
+    # DPO has no rollouts: `dpo_epochs` passes over the pairs, mini_batch_size pairs per optimizer step.
     steps: int = Field(30, ge=1, description="Rollout batches.")
     batch_size: int = Field(
         32,
@@ -37,7 +42,13 @@ class PpoConfig(StageConfig):
     ppo_epochs: int = Field(
         4, ge=1, description="Passes over each rollout batch (GRPO/RLOO: num_iterations)."
     )
-    learning_rate: float = Field(1e-3, gt=0, description="Policy (LoRA) learning rate.")
+    learning_rate: float = Field(
+        3e-4,
+        gt=0,
+        description="Policy (LoRA) learning rate, decayed linearly to 0. On tiny, 1e-3 clipped 17% of "
+        "the policy's tokens over the run (23% in the first half); 3e-4 clips 5% (8%) and reaches the same "
+        "training reward.",
+    )
     value_learning_rate: float = Field(
         2e-4, gt=0, description="Value model learning rate (full fine-tuning)."
     )
@@ -55,7 +66,12 @@ class PpoConfig(StageConfig):
         True, description="Ziegler et al.'s adaptive controller; False keeps the coefficient."
     )
     kl_target: float = Field(4.0, gt=0, description="Adaptive KL: target per-sequence KL (nats).")
-    kl_horizon: int = Field(2000, ge=1, description="Adaptive KL: horizon in episodes.")
+    kl_horizon: int | None = Field(
+        None,
+        ge=1,
+        description="Adaptive KL: horizon in episodes; None: a tenth of the run (steps x batch_size), so the "
+        "coefficient can move by up to e^+-2 (~7x) over the run, whatever its length.",
+    )
     missing_eos_penalty: float | None = Field(
         1.0, ge=0, description="Subtracted from the score of responses that end without EOS; None = off."
     )
@@ -70,6 +86,21 @@ class PpoConfig(StageConfig):
 
     # GRPO / RLOO.
     num_generations: int = Field(4, ge=2, description="GRPO/RLOO: completions per prompt.")
+
+    # DPO.
+    dpo_beta: float = Field(
+        0.1, gt=0, description="DPO: beta, the strength of the implicit KL to the SFT policy."
+    )
+    dpo_epochs: float = Field(
+        2.0,
+        gt=0,
+        description="DPO: passes over the reward model's training pairs. On tiny (1347 pairs, busy cores): "
+        "1 pass 2.5 min, pair margin 0.10, held-out reward gain -0.04; 2 passes 5 min, margin 0.34, gain "
+        "+0.003; 2.8 passes 13 min, gain +0.05.",
+    )
+    dpo_max_length: int = Field(
+        256, ge=8, description="DPO: token cap per prompt + answer (longer answers are cut at the end)."
+    )
 
     # Held-out evaluation (SFT vs tuned policy on align_data's sft/eval.jsonl prompts) and the gate.
     eval_prompts: int = Field(64, ge=1, description="At most this many held-out prompts.")
@@ -91,7 +122,16 @@ class PpoConfig(StageConfig):
     log_every: int = Field(1, ge=1)
     sample_every: int = Field(10, ge=1, description="Log a table of sample rollouts every N steps.")
 
-    NOT_RESULT_AFFECTING = frozenset({"num_processes", "cpu_threads", "log_every", "sample_every"})
+    # Gate thresholds change no output: a stricter gate re-checks the cached folder instead of re-running.
+    NOT_RESULT_AFFECTING = frozenset(
+        {"num_processes", "cpu_threads", "log_every", "sample_every", "min_reward_gain", "max_kl"}
+    )
+
+    def kl_horizon_episodes(self) -> int:
+        """The adaptive KL controller's horizon: `kl_horizon`, or a tenth of the run's episodes (at least one
+        batch). A fixed horizon longer than the run (the former default of 2000 episodes against tiny's 960)
+        leaves the coefficient within ~10% of where it started."""
+        return self.kl_horizon or max(self.batch_size, self.steps * self.batch_size // 10)
 
     @model_validator(mode="after")
     def _batches(self) -> PpoConfig:
@@ -100,10 +140,15 @@ class PpoConfig(StageConfig):
                 f"ppo.batch_size ({self.batch_size}) must be a multiple of "
                 f"ppo.mini_batch_size ({self.mini_batch_size})"
             )
-        if self.algorithm != "ppo" and self.batch_size % self.num_generations:
+        if self.algorithm in ("grpo", "rloo") and self.batch_size % self.num_generations:
             raise ValueError(
                 f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.num_generations "
                 f"({self.num_generations}) for {self.algorithm}"
+            )
+        if self.algorithm in ("grpo", "rloo") and (self.top_k or self.top_p < 1.0):
+            raise ValueError(
+                f"ppo.top_k / ppo.top_p are not supported with ppo.algorithm={self.algorithm}: trl computes "
+                "its log-probs from the unfiltered distribution, not the one it samples from"
             )
         for name in ("batch_size", "mini_batch_size"):
             if getattr(self, name) % self.num_processes:

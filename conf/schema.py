@@ -14,6 +14,7 @@ from conf.evaluate import EvaluateConfig
 from conf.execution import ExecutionConfig
 from conf.export import ExportConfig
 from conf.filter import FilterConfig
+from conf.judge import JudgeConfig
 from conf.ppo import PpoConfig
 from conf.pretrain import PretrainConfig
 from conf.reward import RewardConfig
@@ -87,6 +88,7 @@ class PipelineConfig(BaseModel):
     align_data: AlignDataConfig = Field(default_factory=AlignDataConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     ppo: PpoConfig = Field(default_factory=PpoConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

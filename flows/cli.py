@@ -135,6 +135,30 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return cmd_run(args, targets=[args.name])
 
 
+def cmd_align_compare(args: argparse.Namespace) -> int:
+    """Every alignment algorithm from the same SFT model, compared on one MLflow run (flows/compare.py)."""
+    from rich.console import Console
+
+    from flows.compare import ALGORITHMS, algorithm_configs, align_compare, present_columns, table_markdown
+
+    cfg = _load(args)
+    algorithms = [a for item in args.algorithms for a in item.split(",") if a] if args.algorithms else None
+    algorithm_configs(cfg, algorithms or list(ALGORITHMS))  # a bad algorithm or combination: exit 2 now
+    _prefect_env()
+    try:
+        comparison = align_compare(cfg, algorithms)
+    except Exception as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(table_markdown(comparison.rows, present_columns(comparison.results)))
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    console.print(f"total {comparison.seconds:.1f}s; MLflow run {comparison.run_id} (table, plot, metrics)")
+    for algorithm in comparison.failed:
+        console.print(f"[red]{algorithm} failed:[/red] {comparison.results[algorithm].error}")
+    _print_mlflow_ui(console, comparison.tracking_uri, comparison.experiment_id)
+    return 1 if comparison.failed else 0
+
+
 def cmd_show_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -174,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     _config_args(p)
     p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser(
+        "align-compare",
+        help="train every alignment algorithm (ppo, grpo, rloo, dpo) from the same SFT model and compare "
+        "them on one MLflow run",
+    )
+    _config_args(p)
+    p.add_argument(
+        "--algorithms",
+        action="append",
+        metavar="A,B",
+        help="comma-separated subset of ppo,grpo,rloo,dpo (default: all four)",
+    )
+    p.set_defaults(func=cmd_align_compare)
 
     p = sub.add_parser("show-config", help="print the resolved configuration")
     _config_args(p)

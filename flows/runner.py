@@ -7,6 +7,7 @@ always re-run (`refresh_cache`), so the Prefect cache can never point at deleted
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tasks.common.stage import (
     PermanentStageError,
     StageResult,
     StageSpec,
+    check_gate,
     finished_manifest,
     record_cached,
     run_stage,
@@ -36,6 +38,41 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import State, TaskRun
 
 log = logging.getLogger(__name__)
+
+
+# The headline figures each stage's manifest gives the pipeline's parent MLflow run (fnmatch patterns over
+# the stage's counts and metrics, besides its `key_figure`), so two pipeline runs compare side by side in
+# the runs table without opening child runs. Logged as `<stage>/<key>`; evaluate's `eval/*` as they are.
+PARENT_FIGURES: dict[str, tuple[str, ...]] = {
+    "collect": ("documents",),
+    "filter": ("documents", "dropped_share"),
+    "dedup": ("documents", "exact_duplicates", "near_duplicates", "removed_share"),
+    "scrub": ("documents", "documents_with_pii", "pii_total"),
+    "align_data": ("sft_train", "sft_eval", "prefs_*", "ppo_prompts"),
+    "tokenizer": ("train_tokens", "val_tokens", "decontaminated_docs", "bytes_per_token_val"),
+    "pretrain": ("final/val_loss", "final/val_ppl", "final/train_loss"),
+    "sft": ("eval_loss", "eval_token_accuracy"),
+    "reward": ("eval_accuracy", "eval_accuracy_*", "eval_margin"),
+    "judge": ("eval_accuracy", "eval_accuracy_*"),
+    "ppo": ("kl_ref_eval",),
+    "evaluate": ("eval/*", "lm_eval/*"),
+}
+NAMESPACED = ("eval/", "lm_eval/")  # already unique across stages: logged under their own name
+
+
+def parent_figures(results: dict[str, StageResult]) -> dict[str, float]:
+    """The numeric headline figures of the finished stages (ran or cached), named for the parent run."""
+    figures: dict[str, float] = {}
+    for name, result in results.items():
+        spec = STAGES.get(name)
+        patterns = (*PARENT_FIGURES.get(name, ()), *([spec.key_figure] if spec and spec.key_figure else []))
+        values = {**result.manifest.counts, **result.manifest.metrics}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if any(fnmatch.fnmatchcase(key, p) for p in patterns):
+                figures[key if key.startswith(NAMESPACED) else f"{name}/{key}"] = float(value)
+    return figures
 
 
 @dataclass(frozen=True)
@@ -118,6 +155,9 @@ class PipelineRun:
     tracking_uri: str
     experiment_id: str | None = None
     results: dict[str, StageResult] = field(default_factory=dict)
+    # a stage that finished its folder but failed its quality gate: not a result, but its figures count
+    gate_failed: dict[str, StageResult] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)  # the headline figures on the parent run
     seconds: float = 0.0
     failed_stage: str | None = None
     error: str | None = None
@@ -180,7 +220,8 @@ def _run_one(
     """One stage through its Prefect task, with every upstream manifest of this run as its inputs.
 
     A folder missing on disk forces the task to run (never a Prefect cache hit for deleted outputs);
-    a Prefect cache hit still gets a child run pointing at the run that built the folder.
+    a Prefect cache hit still gets a child run pointing at the run that built the folder, and its quality
+    gate is checked again (thresholds are not part of the stage hash: a stricter gate must still fail).
     """
     inputs = {up: run.results[up].manifest for up in spec.inputs}
     done = finished_manifest(stage_dir(root, spec.name, spec.hash_for(config, inputs)))
@@ -191,16 +232,26 @@ def _run_one(
     )
     try:
         result: StageResult = state.result()
+        if state.name == "Cached":
+            result = StageResult(result.manifest, "cached", time.perf_counter() - t0)
+            result.run_id = record_cached(tracker, handle.parent_run_id, spec, result.manifest, inputs)
+            check_gate(spec, spec.config_of(config), result.manifest)
     except BaseException as e:
         run.failed_stage, run.error = spec.name, f"{type(e).__name__}: {e}"
+        finished = finished_manifest(stage_dir(root, spec.name, spec.hash_for(config, inputs)))
+        if finished is not None:  # the folder is whole, so its gate failed: its figures still compare
+            run.gate_failed[spec.name] = StageResult(finished, "gate_failed", time.perf_counter() - t0)
         raise
-    if state.name == "Cached":
-        result = StageResult(result.manifest, "cached", time.perf_counter() - t0)
-        result.run_id = record_cached(tracker, handle.parent_run_id, spec, result.manifest, inputs)
     return result
 
 
 def _log_summary(parent: MetricLogger, run: PipelineRun) -> None:
+    """Stage timings, hashes and child-run ids, and every stage's headline figures, on the parent run:
+    what the runs table compares pipeline runs by (cached stages included: their manifests hold them)."""
+    run.figures = parent_figures({**run.results, **run.gate_failed})
+    parent.log_metrics(run.figures)
+    if run.gate_failed:
+        parent.set_tags({"lmforge.gate_failed": ",".join(run.gate_failed)})
     rows = []
     for name, r in run.results.items():
         parent.set_tags(

@@ -13,7 +13,20 @@ from typing import Any
 
 from conf.align_data import AlignDataConfig
 from conf.evaluate import EvaluateConfig
-from tasks import align_data, collect, dedup, evaluate, export, ppo, pretrain, reward, scrub, sft, tokenizer
+from tasks import (
+    align_data,
+    collect,
+    dedup,
+    evaluate,
+    export,
+    judge,
+    ppo,
+    pretrain,
+    reward,
+    scrub,
+    sft,
+    tokenizer,
+)
 from tasks import filter as filter_
 from tasks.common.artifacts import sha256_files, sha256_tree
 from tasks.common.stage import StageSpec
@@ -102,6 +115,14 @@ STAGES: dict[str, StageSpec] = {
             gate=reward.gate,
         ),
         StageSpec(
+            "judge",
+            judge.judge,
+            ("sft", "align_data"),
+            judge.STAGE_VERSION,
+            key_figure="eval_accuracy",
+            gate=judge.gate,
+        ),
+        StageSpec(
             "ppo",
             ppo.ppo,
             ("sft", "reward", "align_data"),
@@ -114,7 +135,7 @@ STAGES: dict[str, StageSpec] = {
             evaluate.evaluate,
             evaluate.INPUTS,
             evaluate.STAGE_VERSION,
-            key_figure="eval/win_rate_ppo_vs_sft",
+            key_figure="eval/judge_win_rate_ppo_vs_sft",
             gate=evaluate.gate,
             fingerprint=evaluate_fingerprint,
         ),
@@ -129,7 +150,7 @@ STAGES["export"] = StageSpec(
 _SUBFLOW_STAGES = {
     "data": ("collect", "filter", "dedup", "scrub", "align_data", "tokenizer"),
     "pretrain": ("pretrain",),
-    "align": ("sft", "reward", "ppo"),
+    "align": ("sft", "reward", "judge", "ppo"),
     "evaluate": ("evaluate", "export"),
 }
 SUBFLOWS: dict[str, list[str]] = {

@@ -1,19 +1,27 @@
-"""Stage `align_data`: instruction pairs and preference pairs for SFT, the reward model and PPO.
+"""Stage `align_data`: instruction pairs and preference pairs for SFT, the reward model, the judge and PPO.
 
 Built in and offline, from the pydocs documents (real docstrings, nothing invented): the prompt asks
 what a function/method/class/module does, named by module, qualified name and signature; the answer
 is the docstring's summary paragraph. Preference pairs keep that answer as `chosen` and make a
-plausible wrong `rejected`: another object's summary from the same module, or the right summary cut
-short or with its sentences (or words) shuffled. User datasets in trl's standard formats are added.
+plausible wrong `rejected` of a balanced kind: another object's summary (length-matched), the right
+summary cut short, its sentences (or words) shuffled, or a generic stock answer. No kind differs from
+the chosen answer in form (length, final punctuation, leading capital): a reward model must read the
+content (`tests/test_align_data.py` checks that form alone predicts no better than chance).
 
-The train/eval split is by module (`is_eval_module`), so evaluation prompts name unseen modules, and
-`eval_documents.jsonl` lists the held-out corpus documents for the tokenizer's decontamination.
+The pairs are split by top-level package into the roles of `tasks/common/alignment.py` (eval, rm,
+judge, ppo), so no evaluation prompt names a package any training role saw and the judge never saw the
+reward model's prompts; `eval_documents.jsonl` lists the eval packages' documents for the tokenizer's
+decontamination. User datasets in trl's standard formats are added (see `AlignDataConfig`).
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import json
 import logging
+import math
 import random
 import re
 from collections import Counter, defaultdict
@@ -22,16 +30,24 @@ from pathlib import Path
 from typing import Any
 
 from conf.align_data import AlignDataConfig, DatasetSource
-from tasks.common.alignment import EVAL_DOCUMENTS, PREF_FILES, SFT_FILES
+from tasks.common.alignment import (
+    EVAL_DOCUMENTS,
+    GENERIC_ANSWERS,
+    PPO_PROMPTS,
+    PREF_FILES,
+    ROLES,
+    SFT_FILES,
+    top_package,
+)
 from tasks.common.artifacts import Manifest
 from tasks.common.data import Document, read_documents
 from tasks.common.jsonl import JsonlWriter, iter_jsonl, write_jsonl
-from tasks.common.splits import hash_fraction, hash_rank, is_eval_module
+from tasks.common.splits import hash_fraction, hash_rank
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 class AlignDataError(ValueError):
@@ -97,88 +113,314 @@ def make_prompt(meta: dict[str, Any], max_signature_chars: int, seed: int = 0) -
     return template.format(what=kind, name=name, module=module)
 
 
+@dataclass
+class Pair:
+    """A built-in instruction pair: the object's id and module, the question, the docstring summary."""
+
+    id: str
+    module: str
+    prompt: str
+    answer: str
+
+
 # ---------------------------------------------------------------------------------------------
 # rejected answers
+#
+# Every kind keeps the chosen answer's form, so only the content tells them apart: truncations keep
+# the final punctuation, shuffled words keep the leading capital and the final punctuation, other
+# objects' summaries and most generic answers are picked by length (generic ones by sentence count
+# too). Truncations and single stock answers are mostly shorter than the chosen answer; with
+# `balance_lengths` each gets a mirror, an other-object or generic rejection longer than its answer by
+# the inverse ratio (`mirror_shorter`), so "the longer answer is right" is no better than chance.
+
+TRUNCATE_RANGE = (0.5, 0.8)  # share of the words a truncation keeps
+SINGLE_GENERIC_SHARE = 1 / 3  # generic rejections that are one stock answer as is (the rest: length-matched)
+LENGTH_MATCHED = ("other_object", "generic")  # kinds made to a target length (after the others)
+_PLAIN_LOWER = re.compile(r"[a-z]+")  # a word that may lead a sentence, capitalised
+_PLAIN_TITLE = re.compile(r"[A-Z][a-z]+")
 
 
 def _norm(text: str) -> str:
     return _WS.sub(" ", text.lower()).strip()
 
 
-def truncated(answer: str, rng: random.Random) -> str | None:
-    """The answer cut after 35-65% of its words, with no closing punctuation: reads unfinished."""
+def final_punctuation(text: str) -> str:
+    return text[-1] if text and text[-1] in ".!?" else ""
+
+
+def _balanced(text: str) -> bool:
+    """No open backtick or parenthesis: a cut inside `code` reads broken in a way a length cue does not."""
+    return text.count("`") % 2 == 0 and text.count("(") == text.count(")")
+
+
+def truncated(answer: str, rng: random.Random, min_chars: int = 20) -> str | None:
+    """The answer cut after 50-80% of its words (never inside `code` or parentheses, never below
+    `min_chars`, the shortest answer), its final punctuation put back: it ends like a finished answer
+    and lacks the rest of the content."""
     words = answer.split()
     if len(words) < 6:
         return None
-    keep = max(2, int(len(words) * rng.uniform(0.35, 0.65)))
-    return " ".join(words[:keep]).rstrip(".,;:!?")
-
-
-def shuffled(answer: str, rng: random.Random) -> tuple[str, str] | None:
-    """Sentences in another order, or for a single sentence its words; (text, kind) or None."""
-    sents = split_sentences(answer)
-    units, kind, sep = (
-        (sents, "shuffled_sentences", " ") if len(sents) >= 2 else (answer.split(), "shuffled_words", " ")
-    )
-    if len(units) < (2 if kind == "shuffled_sentences" else 4):
+    lo, hi = TRUNCATE_RANGE
+    cuts = [
+        k
+        for k in range(max(3, math.ceil(len(words) * lo)), int(len(words) * hi) + 1)
+        if _balanced(" ".join(words[:k])) and len(" ".join(words[:k])) >= min_chars
+    ]
+    if not cuts:
         return None
+    return " ".join(words[: rng.choice(cuts)]).rstrip(".,;:!?-") + final_punctuation(answer)
+
+
+def _shuffle(units: list[str], rng: random.Random) -> list[str] | None:
     for _ in range(10):
         order = units[:]
         rng.shuffle(order)
         if order != units:
-            return sep.join(order), kind
+            return order
     return None
 
 
-def other_object(doc_id: str, answer: str, pool: list[tuple[str, str]], rng: random.Random) -> str | None:
-    """Another object's summary from the same module (a plausible, on-topic, wrong answer)."""
-    words = set(_norm(answer).split())
-
-    def distinct(other: str) -> bool:  # not a near-copy (sibling overloads often share a docstring)
-        o = set(_norm(other).split())
-        return len(words & o) / max(len(words | o), 1) < 0.7
-
-    choices = [a for i, a in pool if i != doc_id and distinct(a)]
-    return rng.choice(choices) if choices else None
-
-
-def make_rejected(
-    doc_id: str, answer: str, pool: list[tuple[str, str]], weights: dict[str, float], seed: int
-) -> tuple[str, str] | None:
-    """(rejected text, rejected_kind), trying the weighted first choice then the other kinds."""
-    rng = random.Random(hash_rank(doc_id, seed))
-    kinds = [k for k, w in weights.items() if w > 0]
-    first = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
-    for kind in [first, *[k for k in kinds if k != first]]:
-        if kind == "other_object":
-            out = other_object(doc_id, answer, pool, rng)
-            result = (out, kind) if out else None
-        elif kind == "truncated":
-            out = truncated(answer, rng)
-            result = (out, kind) if out else None
-        else:
-            result = shuffled(answer, rng)
-        if result and _norm(result[0]) != _norm(answer):
-            return result
-    return None
+def shuffled(answer: str, rng: random.Random) -> str | None:
+    """Sentences in another order, or for a single sentence its words, with the first word's capital
+    and the final punctuation where they were: wrong word order is the only sign."""
+    sents = split_sentences(answer)
+    if len(sents) >= 2:
+        order = _shuffle(sents, rng)
+        return " ".join(order) if order else None
+    end = final_punctuation(answer)
+    words = (answer[: -len(end)] if end else answer).split()
+    if len(words) < 4:
+        return None
+    order = _shuffle(words, rng)
+    if order is None:
+        return None
+    first = words[0]
+    if _PLAIN_TITLE.fullmatch(first) and order[0] != first:  # 'Return' moved inside: 'return'
+        order[order.index(first)] = first.lower()
+        plain = [i for i, w in enumerate(order) if _PLAIN_LOWER.fullmatch(w)]
+        if plain:  # a plain word leads, capitalised (not `code`, which the answer did not start with)
+            order.insert(0, order.pop(plain[0]).capitalize())
+    return " ".join(order) + end
 
 
-# ---------------------------------------------------------------------------------------------
-# built-in pairs
+def _similar(a: str, b: str) -> bool:
+    """Near-copies (sibling overloads often share a docstring) make no wrong answer."""
+    wa, wb = set(_norm(a).split()), set(_norm(b).split())
+    return len(wa & wb) / max(len(wa | wb), 1) >= 0.7
+
+
+class AnswerPool:
+    """Answers sorted by length, to find the one closest in length to a target quickly."""
+
+    def __init__(self, answers: list[tuple[str, str]]):
+        self.items = sorted(answers, key=lambda a: (len(a[1]), a[0]))
+        self.lengths = [len(a) for _, a in self.items]
+
+    def closest(self, target: float, answer: str, exclude: str) -> str | None:
+        """The answer closest in (log) length to `target` that is not `exclude`'s nor a near-copy."""
+        hi = bisect.bisect_left(self.lengths, target)
+        lo = hi - 1
+        while lo >= 0 or hi < len(self.items):
+            below = math.log(target / max(self.lengths[lo], 1)) if lo >= 0 else math.inf
+            above = math.log(self.lengths[hi] / target) if hi < len(self.items) else math.inf
+            i = lo if below <= above else hi
+            lo, hi = (lo - 1, hi) if i == lo else (lo, hi + 1)
+            doc_id, other = self.items[i]
+            if doc_id != exclude and not _similar(other, answer):
+                return other
+        return None
+
+
+def other_object(doc_id: str, answer: str, target: float, pools: list[AnswerPool]) -> str | None:
+    """Another object's summary, as close as possible to `target` characters: from the same module when
+    one there is within 25% of it, else from the same top-level package, else from the same role."""
+    best = None
+    for pool in pools:
+        found = pool.closest(target, answer, doc_id)
+        if found is not None:
+            best = found
+            if abs(math.log(len(found) / target)) <= math.log(1.25):
+                return found
+    return best
+
+
+def _in_sentences(answers: tuple[str, ...], sentences: int) -> str:
+    """Stock answers as `sentences` sentences, the answers of one sentence joined by semicolons:
+    'Return the result; see the documentation for details.'"""
+    size = math.ceil(len(answers) / sentences)
+    groups = [answers[i : i + size] for i in range(0, len(answers), size)]
+    return " ".join(
+        "; ".join([g[0].rstrip("."), *(a[0].lower() + a[1:].rstrip(".") for a in g[1:])]) + "."
+        for g in groups
+    )
+
+
+def _runs(n: int) -> list[tuple[str, ...]]:
+    """Runs of `n` different stock answers: every order for up to 3, each set once (in a seeded order)
+    for more."""
+    if n <= 3:
+        return list(itertools.permutations(GENERIC_ANSWERS, n))
+    out = []
+    for combo in itertools.combinations(GENERIC_ANSWERS, n):
+        run = list(combo)
+        random.Random(hash_rank("|".join(run))).shuffle(run)
+        out.append(tuple(run))
+    return out
+
+
+@functools.cache
+def _generic_candidates(sentences: int) -> tuple[list[int], list[str]]:
+    """Generic answers of `sentences` sentences (1 to 3), sorted by length: runs of stock answers (up to
+    all of them), so a long chosen answer gets a generic answer of its length and sentence count."""
+    runs = {
+        _in_sentences(r, sentences)
+        for n in range(sentences, len(GENERIC_ANSWERS) + 1)
+        if math.ceil(n / math.ceil(n / sentences)) == sentences
+        for r in _runs(n)
+    }
+    ordered = sorted(runs, key=lambda r: (len(r), r))
+    return [len(r) for r in ordered], ordered
+
+
+def stock_answer(answer: str, rng: random.Random) -> str | None:
+    """One stock answer as it is (each as often as the others): each must be seen as wrong on its own
+    (a policy that collapses onto one says exactly that), not only inside runs that match an answer's
+    length. None where it is under a third of the answer's length: too short for a mirror to balance
+    (`mirror_shorter`)."""
+    text = rng.choice(GENERIC_ANSWERS)
+    if len(text) < len(answer) / 3:
+        return None
+    return text if final_punctuation(answer) else text.rstrip(".")
+
+
+def generic(answer: str, target: float, rng: random.Random) -> str:
+    """A stock answer (or a run of them) of about `target` characters, with the chosen answer's number of
+    sentences (up to 3) and its ending."""
+    lengths, runs = _generic_candidates(min(len(split_sentences(answer)), 3))
+    lo, hi = bisect.bisect_left(lengths, target / 1.1), bisect.bisect_right(lengths, target * 1.1)
+    if lo < hi:
+        text = runs[rng.randrange(lo, hi)]
+    else:
+        i = bisect.bisect_left(lengths, target)
+        near = [j for j in (i - 1, i) if 0 <= j < len(runs)]
+        text = runs[min(near, key=lambda j: abs(math.log(lengths[j] / target)))]
+    return text if final_punctuation(answer) else text.rstrip(".")
 
 
 @dataclass
-class Pair:
-    id: str
-    module: str
-    prompt: str
-    answer: str
-    rejected: str | None = None
-    rejected_kind: str | None = None
+class Slot:
+    """One rejected answer to make: its pair, its kind, and its text once made (damaged kinds are made
+    first; length-matched ones wait for their target length)."""
+
+    pair: Pair
+    kind: str
+    text: str | None = None
+    target: float | None = None
+
+
+@dataclass
+class Negatives:
+    """What one role's rejected answers are drawn from: its answers by module, package and role, the
+    kinds' target shares, whether shorter rejections are mirrored, the shortest answer (and cut)."""
+
+    by_module: dict[str, AnswerPool]
+    by_package: dict[str, AnswerPool]
+    role: AnswerPool
+    weights: dict[str, float]
+    balance_lengths: bool
+    min_chars: int
+
+    @classmethod
+    def of(cls, pairs: list[Pair], cfg: AlignDataConfig) -> Negatives:
+        modules: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        packages: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for p in pairs:
+            modules[p.module].append((p.id, p.answer))
+            packages[top_package(p.module)].append((p.id, p.answer))
+        return cls(
+            {m: AnswerPool(a) for m, a in modules.items()},
+            {m: AnswerPool(a) for m, a in packages.items()},
+            AnswerPool([(p.id, p.answer) for p in pairs]),
+            {k: v for k, v in cfg.rejected_weights.items() if v > 0},
+            cfg.balance_lengths,
+            cfg.min_response_chars,
+        )
+
+    def draw(self, pairs: list[Pair], per_prompt: int | None, seed: int, counts: Counter) -> list[dict]:
+        """Preference rows: `per_prompt` rejected answers of different kinds per pair (None: one of every
+        kind), the kinds balanced to their target shares, shorter rejections mirrored (`mirror_shorter`)."""
+        slots = self.assign_kinds(pairs, per_prompt, seed)
+        if self.balance_lengths:
+            mirror_shorter(slots)
+        rows, made = [], set()
+        for slot in slots:
+            p = slot.pair
+            if slot.text is None:
+                rng = random.Random(hash_rank(f"{p.id}:{slot.kind}", seed))
+                slot.text = self.length_matched(slot, rng)
+            if slot.text and _norm(slot.text) != _norm(p.answer):
+                rows.append(pref_row(p, slot.text, slot.kind))
+                made.add(p.id)
+        counts["no_rejected"] += len({p.id for p in pairs} - made)
+        return rows
+
+    def assign_kinds(self, pairs: list[Pair], per_prompt: int | None, seed: int) -> list[Slot]:
+        """The kinds of each pair's rejected answers, in a seeded order: the kind furthest below its
+        target share first, among those that can be made (short answers cannot be truncated)."""
+        total_w = sum(self.weights.values())
+        made: Counter = Counter()
+        slots = []
+        for p in sorted(pairs, key=lambda p: hash_rank(p.id, seed)):
+            rng = random.Random(hash_rank(p.id, seed))
+            damaged = {
+                "truncated": truncated(p.answer, rng, self.min_chars),
+                "shuffled": shuffled(p.answer, rng),
+                "generic": stock_answer(p.answer, rng) if rng.random() < SINGLE_GENERIC_SHARE else None,
+            }
+            damaged = {k: t for k, t in damaged.items() if t and _norm(t) != _norm(p.answer)}
+            options = [k for k in self.weights if k in damaged or k in LENGTH_MATCHED]
+            for _ in range(min(per_prompt or len(options), len(options))):
+                n = sum(made.values()) + 1
+                kind = max(options, key=lambda k: self.weights[k] / total_w * n - made[k])
+                options.remove(kind)
+                made[kind] += 1
+                slots.append(Slot(p, kind, damaged.get(kind)))
+        return slots
+
+    def length_matched(self, slot: Slot, rng: random.Random) -> str | None:
+        """An other-object or generic rejection of the slot's target length (default: the answer's)."""
+        p = slot.pair
+        target = slot.target or float(len(p.answer))
+        if slot.kind == "generic":
+            return generic(p.answer, target, rng)
+        pools = [self.by_module[p.module], self.by_package[top_package(p.module)], self.role]
+        return other_object(p.id, p.answer, target, pools)
+
+
+def mirror_shorter(slots: list[Slot]) -> None:
+    """Give each rejection made much shorter than its answer (truncations, single stock answers) a
+    mirror: a length-matched slot whose answer is about as long as that rejection gets a rejection as
+    much longer than its answer. The shorter answer of a pair is then the rejected one about as often
+    as the longer, so "the longer answer is right" is little better than chance. (Long truncations can
+    lack a mirror: few answers are long enough; they stay, the kinds stay balanced.)"""
+    free = sorted((len(s.pair.answer), i) for i, s in enumerate(slots) if s.text is None)
+    shorter = [s for s in slots if s.text and len(s.text) < 0.8 * len(s.pair.answer)]
+    for s in sorted(shorter, key=lambda s: -len(s.text or "")):  # long ones have the fewest mirrors
+        short, full = len(s.text or ""), len(s.pair.answer)
+        j = bisect.bisect_left(free, (short, -1))
+        near = [k for k in (j - 1, j) if 0 <= k < len(free)]
+        k = min(near, key=lambda k: abs(math.log(free[k][0] / short)), default=-1)
+        if k >= 0 and abs(math.log(free[k][0] / short)) <= math.log(1.5):
+            length, i = free.pop(k)
+            slots[i].target = length * full / short
+
+
+# ---------------------------------------------------------------------------------------------
+# built-in pairs and their roles
 
 
 def builtin_pairs(cfg: AlignDataConfig, docs: list[Document], counts: Counter) -> list[Pair]:
-    """Instruction pairs (with a rejected answer where one can be made) from pydocs documents."""
+    """Instruction pairs from pydocs documents (one per object with a usable summary)."""
     pairs: list[Pair] = []
     seen_prompts: set[str] = set()
     for doc in docs:
@@ -199,17 +441,50 @@ def builtin_pairs(cfg: AlignDataConfig, docs: list[Document], counts: Counter) -
     if cfg.max_pairs and len(pairs) > cfg.max_pairs:
         keep = {p.id for p in sorted(pairs, key=lambda p: hash_rank(p.id, cfg.seed))[: cfg.max_pairs]}
         pairs = [p for p in pairs if p.id in keep]
-
-    by_module: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for p in pairs:
-        by_module[p.module].append((p.id, p.answer))
-    for p in pairs:
-        made = make_rejected(p.id, p.answer, by_module[p.module], cfg.rejected_weights, cfg.seed)
-        if made is None:
-            counts["no_rejected"] += 1
-        else:
-            p.rejected, p.rejected_kind = made
     return pairs
+
+
+def assign_roles(pairs_per_package: dict[str, int], cfg: AlignDataConfig) -> dict[str, str]:
+    """Each top-level package's role. Packages in a seeded hash order fill the roles' shares of the
+    pairs in turn (eval first), a package going where the middle of its pairs falls: whole packages, so
+    no role shares a package with another, and shares close to the config even though one package
+    (idlelib, tkinter) can hold 8% of the pairs."""
+    shares: dict[str, float] = dict(cfg.role_shares)
+    bounds, edge = [("eval", cfg.eval_fraction)], cfg.eval_fraction
+    for role in ROLES[1:]:
+        edge += (1 - cfg.eval_fraction) * shares.get(role, 0.0) / sum(shares.values())
+        bounds.append((role, edge))
+    total = sum(pairs_per_package.values())
+    roles, done = {}, 0
+    for pkg in sorted(pairs_per_package, key=lambda k: hash_rank(k, cfg.seed)):
+        n = pairs_per_package[pkg]
+        middle = (done + n / 2) / total if total else hash_fraction(pkg, cfg.seed)
+        roles[pkg] = next((r for r, b in bounds if middle < b), ROLES[-1])
+        done += n
+    return roles
+
+
+def _user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+def _assistant(content: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": content}]
+
+
+def sft_row(p: Pair) -> dict[str, Any]:
+    return {"id": p.id, "module": p.module, "prompt": _user(p.prompt), "completion": _assistant(p.answer)}
+
+
+def pref_row(p: Pair, rejected: str, kind: str) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "module": p.module,
+        "prompt": _user(p.prompt),
+        "chosen": _assistant(p.answer),
+        "rejected": _assistant(rejected),
+        "rejected_kind": kind,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,110 +617,166 @@ def user_records(
 # ---------------------------------------------------------------------------------------------
 # the stage
 
-
-def _user(content: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": content}]
-
-
-def _assistant(content: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": content}]
-
-
-Splits = dict[str, list[dict]]  # "train" / "eval" -> records
+Files = dict[str, list[dict]]  # a file of the stage folder (alignment.SFT_FILES, ...) -> its rows
 
 
 def align_data(
     cfg: AlignDataConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger
 ) -> StageReport:
-    """Hold out the eval modules' documents, build the pairs, add the user datasets, write both splits."""
+    """Build the pairs, give each top-level package a role, list the eval packages' documents, draw each
+    role's rejected answers, add the user datasets, write every file."""
     counts: Counter = Counter()
-    docs = hold_out_documents(cfg, inputs, out / EVAL_DOCUMENTS, counts)
-    sft: Splits = {"train": [], "eval": []}
-    prefs: Splits = {"train": [], "eval": []}
-    modules: dict[str, set[str]] = {"train": set(), "eval": set()}
-    if cfg.builtin:
-        add_builtin_records(cfg, builtin_pairs(cfg, docs, counts), sft, prefs, modules)
-    for split, recs in user_records(cfg.sft_datasets, "sft", cfg, counts).items():
-        sft[split].extend(recs)
-    for split, recs in user_records(cfg.pref_datasets, "prefs", cfg, counts).items():
-        prefs[split].extend(recs)
-    write_splits(cfg, out, sft, prefs, modules, counts)
-    log_sample(log_, prefs["train"][:20])
+    docs = module_documents(inputs, counts)
+    pairs = builtin_pairs(cfg, docs, counts) if cfg.builtin else []
+    per_package = Counter({top_package(d.meta["module"]): 0 for d in docs})
+    per_package.update(top_package(p.module) for p in pairs)
+    roles = assign_roles(dict(per_package), cfg)
+    write_eval_documents(docs, roles, out / EVAL_DOCUMENTS, counts)
+    by_role: dict[str, list[Pair]] = {
+        r: [p for p in pairs if roles[top_package(p.module)] == r] for r in ROLES
+    }
+    files = builtin_files(cfg, by_role, counts)
+    add_user_rows(cfg, files, bool(by_role["judge"]), bool(by_role["ppo"]), counts)
+    write_files(cfg, out, files, counts)
+    count_roles(by_role, roles, counts)
+    log_sample(log_, files[PREF_FILES["train"]][:20])
     log.info("align_data: %s", dict(counts))
     return StageReport(
         counts=dict(counts),
-        metrics=pair_metrics(sft, counts),
-        extra={"eval_modules": sorted(modules["eval"]), "files": {**SFT_FILES, **PREF_FILES}},
+        metrics={**pair_metrics(files, counts), **form_metrics(files[PREF_FILES["train"]])},
+        extra={
+            "eval_modules": sorted({p.module for p in by_role["eval"]}),
+            "packages": {r: sorted(k for k, v in roles.items() if v == r) for r in ROLES},
+            "files": {**SFT_FILES, **PREF_FILES, "ppo_prompts": PPO_PROMPTS},
+        },
     )
 
 
-def hold_out_documents(
-    cfg: AlignDataConfig, inputs: dict[str, Manifest], eval_path: Path, counts: Counter
-) -> list[Document]:
-    """List the eval modules' documents in `eval_path` (what the tokenizer decontaminates against) and
-    return the pydocs-like documents (with a module), the only ones that can become pairs."""
+def module_documents(inputs: dict[str, Manifest], counts: Counter) -> list[Document]:
+    """The pydocs-like documents (with a module): the only ones that can become pairs or be held out."""
     docs = []
-    with JsonlWriter(eval_path) as held_out:
-        for manifest in inputs.values():
-            for doc in read_documents(manifest):
-                module = (doc.meta or {}).get("module")
-                if module and is_eval_module(module, cfg.eval_fraction, cfg.seed):
-                    held_out.write({"id": doc.id, "text": doc.text})
-                counts["documents_in"] += 1
-                if module:  # keep no other documents in memory
-                    docs.append(doc)
-    counts["eval_documents"] = held_out.count
+    for manifest in inputs.values():
+        for doc in read_documents(manifest):
+            counts["documents_in"] += 1
+            if (doc.meta or {}).get("module"):  # keep no other documents in memory
+                docs.append(doc)
     return docs
 
 
-def add_builtin_records(
-    cfg: AlignDataConfig, pairs: list[Pair], sft: Splits, prefs: Splits, modules: dict[str, set[str]]
-) -> None:
-    """Each pair as an SFT record and (when it has a rejected answer) a preference record, split by module."""
-    for p in pairs:
-        split = "eval" if is_eval_module(p.module, cfg.eval_fraction, cfg.seed) else "train"
-        modules[split].add(p.module)
-        base = {"id": p.id, "module": p.module, "prompt": _user(p.prompt)}
-        sft[split].append({**base, "completion": _assistant(p.answer)})
-        if p.rejected is not None:
-            prefs[split].append(
-                {
-                    **base,
-                    "chosen": _assistant(p.answer),
-                    "rejected": _assistant(p.rejected),
-                    "rejected_kind": p.rejected_kind,
-                }
-            )
+def write_eval_documents(docs: list[Document], roles: dict[str, str], path: Path, counts: Counter) -> None:
+    """List the eval packages' documents: what the tokenizer decontaminates the pretraining data against."""
+    with JsonlWriter(path) as held_out:
+        for doc in docs:
+            if roles[top_package(doc.meta["module"])] == "eval":
+                held_out.write({"id": doc.id, "text": doc.text})
+    counts["eval_documents"] = held_out.count
 
 
-def write_splits(
-    cfg: AlignDataConfig, out: Path, sft: Splits, prefs: Splits, modules: dict[str, set[str]], counts: Counter
+def builtin_files(cfg: AlignDataConfig, by_role: dict[str, list[Pair]], counts: Counter) -> Files:
+    """Every role's rows: SFT on all roles but eval, the rm's and the judge's pairs (each drawn from its
+    own role's answers, the judge's with its own seed), one pair per kind per eval prompt, PPO prompts."""
+
+    def draw(role: str, per_prompt: int | None, seed: int) -> list[dict]:
+        return Negatives.of(by_role[role], cfg).draw(by_role[role], per_prompt, seed, counts)
+
+    return {
+        SFT_FILES["train"]: [sft_row(p) for r in ("rm", "judge", "ppo") for p in by_role[r]],
+        SFT_FILES["eval"]: [sft_row(p) for p in by_role["eval"]],
+        PREF_FILES["train"]: draw("rm", cfg.rejected_per_prompt, cfg.seed),
+        PREF_FILES["judge"]: draw("judge", cfg.rejected_per_prompt, cfg.judge_seed),
+        PREF_FILES["eval"]: draw("eval", None, cfg.seed),
+        PPO_PROMPTS: [sft_row(p) for p in by_role["ppo"]],
+    }
+
+
+def add_user_rows(
+    cfg: AlignDataConfig, files: Files, has_judge: bool, has_ppo: bool, counts: Counter
 ) -> None:
-    """The SFT and preference files of both splits, with their counts; an empty split fails the stage."""
+    """The user datasets, split train/eval by prompt hash: SFT rows to sft/, preference rows to the rm
+    role. With no built-in judge pairs the judge takes a seeded share of the user preference rows (gone
+    from the rm role); with no built-in PPO prompts, PPO gets the user SFT training rows."""
+    sft = user_records(cfg.sft_datasets, "sft", cfg, counts)
+    prefs = user_records(cfg.pref_datasets, "prefs", cfg, counts)
+    files[SFT_FILES["train"]] += sft["train"]
+    files[SFT_FILES["eval"]] += sft["eval"]
+    files[PREF_FILES["eval"]] += prefs["eval"]
+    rm, judge = prefs["train"], []
+    if not has_judge:
+        share = cfg.role_shares.get("judge", 0.0) / (
+            cfg.role_shares["rm"] + cfg.role_shares.get("judge", 0.0)
+        )
+        judge = [r for r in rm if _prompt_fraction(r, cfg.judge_seed) < share]
+        rm = [r for r in rm if _prompt_fraction(r, cfg.judge_seed) >= share]
+    files[PREF_FILES["train"]] += rm
+    files[PREF_FILES["judge"]] += judge
+    if not has_ppo:
+        files[PPO_PROMPTS] += sft["train"]
+
+
+def _prompt_fraction(row: dict, seed: int) -> float:
+    return hash_fraction(json.dumps(row["prompt"], sort_keys=True), seed)
+
+
+def write_files(cfg: AlignDataConfig, out: Path, files: Files, counts: Counter) -> None:
+    """Every file in a seeded hash order (the first rows are a random sample, not one module), with its
+    counts; no training or no eval pairs at all fails the stage."""
     for split in ("train", "eval"):
-        if not sft[split] and not prefs[split]:
+        if not files[SFT_FILES[split]] and not files[PREF_FILES[split]]:
             raise AlignDataError(
-                f"align_data made no {split} pairs ({len(modules['train'] | modules['eval'])} modules, "
-                f"eval_fraction={cfg.eval_fraction}): "
-                "collect more documents or change align_data.eval_fraction/seed"
+                f"align_data made no {split} pairs (eval_fraction={cfg.eval_fraction}, role_shares="
+                f"{dict(cfg.role_shares)}): collect more documents or change align_data.eval_fraction/seed"
             )
-        write_jsonl(out / SFT_FILES[split], sft[split])
-        write_jsonl(out / PREF_FILES[split], prefs[split])
-        counts[f"sft_{split}"] = len(sft[split])
-        counts[f"prefs_{split}"] = len(prefs[split])
-        counts[f"modules_{split}"] = len(modules[split])
-        for kind, n in Counter(r["rejected_kind"] for r in prefs[split]).items():
+    names = {
+        SFT_FILES["train"]: "sft_train",
+        SFT_FILES["eval"]: "sft_eval",
+        PREF_FILES["train"]: "prefs_train",
+        PREF_FILES["judge"]: "prefs_judge",
+        PREF_FILES["eval"]: "prefs_eval",
+        PPO_PROMPTS: "ppo_prompts",
+    }
+    for name, rows in files.items():
+        rows.sort(key=lambda r: hash_rank(f"{r['id']}:{r.get('rejected_kind', '')}", cfg.seed))
+        write_jsonl(out / name, rows)
+        counts[names[name]] = len(rows)
+        split = names[name].removeprefix("prefs_")
+        for kind, n in Counter(r["rejected_kind"] for r in rows if "rejected_kind" in r).items():
             counts[f"rejected_{kind}_{split}"] = n
+    for role in ("judge", "ppo"):
+        if not files[PREF_FILES["judge"] if role == "judge" else PPO_PROMPTS]:
+            log.warning("align_data: the %s role has no rows (role_shares=%s)", role, dict(cfg.role_shares))
 
 
-def pair_metrics(sft: Splits, counts: Counter) -> dict[str, float]:
-    answers = [r["completion"][-1]["content"] for s in sft.values() for r in s]
-    prompts = [r["prompt"][-1]["content"] for s in sft.values() for r in s]
+def count_roles(by_role: dict[str, list[Pair]], roles: dict[str, str], counts: Counter) -> None:
+    for role in ROLES:
+        counts[f"prompts_{role}"] = len(by_role[role])
+        counts[f"modules_{role}"] = len({p.module for p in by_role[role]})
+        counts[f"packages_{role}"] = sum(v == role for v in roles.values())
+
+
+def pair_metrics(files: Files, counts: Counter) -> dict[str, float]:
+    sft = files[SFT_FILES["train"]] + files[SFT_FILES["eval"]]
+    answers = [r["completion"][-1]["content"] for r in sft]
+    prompts = [r["prompt"][-1]["content"] for r in sft]
     return {
         "mean_prompt_chars": sum(map(len, prompts)) / max(len(prompts), 1),
         "mean_response_chars": sum(map(len, answers)) / max(len(answers), 1),
         "eval_pair_share": counts["sft_eval"] / max(counts["sft_train"] + counts["sft_eval"], 1),
     }
+
+
+def form_metrics(prefs: list[dict]) -> dict[str, float]:
+    """How the reward model's rejected answers compare in form with the chosen ones: the share longer
+    than the chosen answer (0.5 = length tells nothing) and the mean length ratio per kind."""
+    if not prefs:
+        return {}
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for r in prefs:
+        ratio = len(r["rejected"][-1]["content"]) / max(len(r["chosen"][-1]["content"]), 1)
+        ratios[r["rejected_kind"]].append(ratio)
+    every = [x for xs in ratios.values() for x in xs]
+    out = {"rejected_longer_share": sum(x > 1 for x in every) / len(every)}
+    out.update({f"length_ratio_{k}": sum(xs) / len(xs) for k, xs in sorted(ratios.items())})
+    return out
 
 
 def log_sample(log_: MetricLogger, sample: list[dict]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from conf.export import ExportConfig
 from tasks.common.artifacts import Manifest
+from tasks.common.jsonl import read_jsonl
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger, RunRecord, flatten
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 STAGE_VERSION = 1
 
 DATA_STAGES = ("collect", "filter", "dedup", "scrub", "align_data")
-TRAIN_STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo")
+TRAIN_STAGES = ("tokenizer", "pretrain", "sft", "reward", "judge", "ppo")
 SECTIONS = (
     "Intended use",
     "Training data",
@@ -37,11 +38,47 @@ HARDWARE_KEYS = ("hardware", "device", "devices", "world_size", "gpus", "nproc")
 EVAL_DESCRIPTIONS = {
     "ppl": "perplexity on the validation token shards",
     "bpb": "bits per UTF-8 byte on the validation token shards",
-    "rouge_l": "ROUGE-L F1 against reference summaries (held-out prompts)",
-    "reward": "mean reward-model score of greedy responses (held-out prompts)",
-    "rm_accuracy": "reward-model accuracy on held-out preference pairs",
-    "win_rate_ppo_vs_sft": "share of held-out prompts where the reward model prefers PPO over SFT",
+    "ppl_ratio_ppo_sft": "validation perplexity of the aligned policy over SFT's",
+    "rouge_l": "ROUGE-L F1 against the reference answers (held-out prompts)",
+    "token_f1": "token F1 against the reference answers (held-out prompts)",
+    "reward": "mean score of the policy's reward model (PPO optimised against it)",
+    "win_rate_ppo_vs_sft": "share of held-out prompts where the policy's reward model prefers PPO over SFT",
+    "rm_accuracy": "the policy's reward model: accuracy on held-out preference pairs",
+    "rm_margin": "the policy's reward model: mean chosen - rejected score on held-out pairs",
+    "rm_prefers_reference_over_generic": "the policy's reward model: share of held-out prompts where it "
+    "scores the reference above every stock answer",
+    "judge_reward": "mean score of the independent judge (a reward model no policy trained against)",
+    "judge_win_rate_ppo_vs_sft": "share of held-out prompts where the independent judge prefers PPO over SFT",
+    "judge_win_rate_ppo_vs_constant": "share of held-out prompts where the judge prefers PPO over the "
+    "constant answer",
+    "judge_reward_delta_ppo_sft": "mean judge score of PPO minus SFT, paired per prompt",
+    "judge_accuracy": "the independent judge: accuracy on held-out preference pairs",
+    "judge_prefers_reference_over_generic": "the independent judge: share of held-out prompts where it "
+    "scores the reference above every stock answer",
+    "distinct": "distinct greedy answers / prompts",
+    "distinct2": "distinct word bigrams / bigrams over all greedy answers",
+    "response_tokens": "mean tokens per greedy answer",
     "kl_ppo_sft": "KL(PPO || SFT) in nats per response, on sampled PPO responses",
+}
+# Who produced a number: the card says it for each one, and only independent ones go in `model-index`.
+JUDGE = "independent judge RM"
+REFERENCES = "reference answers"
+SELF = "policy RM (self-judged)"
+RM_LABELS = "held-out preference labels"
+TOKENS = "validation tokens"
+OUTPUTS = "the answers themselves"
+INDEPENDENT = (JUDGE, REFERENCES, TOKENS, OUTPUTS)
+JUDGE_NOTES = {
+    JUDGE: "a reward model trained by the `judge` stage on preference pairs of packages disjoint from the "
+    "policy's reward model; no policy was optimised against it",
+    REFERENCES: "ROUGE-L and token F1 against the held-out reference answers, beside the best constant "
+    "answer (one answer for every prompt, chosen on the training split)",
+    SELF: "the reward model PPO optimised: a reward-hacked policy scores well here, so these numbers are "
+    "no evidence of quality",
+    RM_LABELS: "the policy's reward model checked against held-out preference labels (a property of the "
+    "reward model, not of the policy)",
+    TOKENS: "held-out token shards",
+    OUTPUTS: "statistics of the greedy answers (diversity, length) and of sampled ones (KL)",
 }
 
 
@@ -178,30 +215,141 @@ def training_procedure(stages: dict[str, Manifest], runs: dict[str, RunRecord]) 
     return "\n\n".join(parts) or "No training stages were recorded in this lineage."
 
 
-def evaluation(evaluate: Manifest | None) -> str:
+def judged_by(metric: str) -> str:
+    """Which judge produced an `eval/*` number (one of JUDGE_NOTES' keys)."""
+    name = metric.removeprefix("eval/")
+    if name.startswith("judge_"):
+        return JUDGE
+    if name.startswith(("rouge_l", "token_f1")):
+        return REFERENCES
+    if name.startswith(("rm_accuracy", "rm_margin", "rm_prefers")):
+        return RM_LABELS
+    if name.startswith(("reward_", "win_rate_")):
+        return SELF
+    if name.startswith(("ppl", "bpb")):
+        return TOKENS
+    return OUTPUTS
+
+
+def evaluation(evaluate: Manifest | None, answers: list[dict] | None = None) -> str:
     if evaluate is None:
         return "No evaluation stage was recorded in this lineage."
     m = evaluate.metrics
-    side = []
-    for model in ("base", "sft", "ppo"):
-        side.append((model, *[m.get(f"eval/{k}_{model}", "-") for k in ("ppl", "bpb", "rouge_l", "reward")]))
-    rows = [(k, v, EVAL_DESCRIPTIONS.get(_short(k), "")) for k, v in sorted(m.items())]
-    return (
+    rows = [(k, v, judged_by(k), meaning(k)) for k, v in sorted(m.items())]
+    parts = [
         f"Held-out evaluation (stage `evaluate`, hash `{evaluate.stage_hash}`, MLflow run "
-        f"`{evaluate.mlflow_run_id}`): {fmt(evaluate.counts.get('eval_prompts'))} prompts, "
+        f"`{evaluate.mlflow_run_id}`): {fmt(evaluate.counts.get('eval_prompts'))} held-out prompts "
+        f"(a seeded sample stratified by package: {fmt(evaluate.counts.get('eval_packages'))} packages), "
         f"{fmt(evaluate.counts.get('pref_pairs'))} preference pairs, "
-        f"{fmt(evaluate.counts.get('val_tokens'))} validation tokens.\n\n"
-        + table(("model", "perplexity", "bits/byte", "ROUGE-L", "reward"), side)
-        + "\n\nAll metrics:\n\n"
-        + table(("metric", "value", "meaning"), rows)
+        f"{fmt(evaluate.counts.get('val_tokens'))} validation tokens.",
+        "Who judged each number:\n\n" + "\n".join(f"- **{k}**: {v}." for k, v in JUDGE_NOTES.items()),
+        headline(m),
+        side_by_side(m, evaluate.extra.get("constant_answers") or {}),
+        sample_answers(answers or []),
+        "All metrics:\n\n" + table(("metric", "value", "judged by", "meaning"), rows),
+    ]
+    return "\n\n".join(p for p in parts if p)
+
+
+def meaning(metric: str) -> str:
+    text = EVAL_DESCRIPTIONS.get(_short(metric), "")
+    for end, word in (("_ci_low", "lower"), ("_ci_high", "upper")):
+        if metric.endswith(end):
+            return f"{word} end of the 95% paired bootstrap interval: {text}"
+    return text
+
+
+def with_interval(m: dict[str, float], name: str) -> str:
+    low, high = m.get(f"{name}_ci_low"), m.get(f"{name}_ci_high")
+    shown = f"{m[name]:.3f}"
+    return f"{shown} (95% CI {low:.3f} to {high:.3f})" if low is not None and high is not None else shown
+
+
+def headline(m: dict[str, float]) -> str:
+    """PPO against SFT on the independent signals first, each with its bootstrap interval; the
+    self-judged win rate last and labelled as such."""
+    lines = [
+        ("eval/judge_win_rate_ppo_vs_sft", f"PPO's win rate over SFT, {JUDGE}"),
+        ("eval/judge_reward_delta_ppo_sft", f"PPO - SFT mean score, {JUDGE}"),
+        ("eval/rouge_l_delta_ppo_sft", "PPO - SFT ROUGE-L"),
+        ("eval/token_f1_delta_ppo_sft", "PPO - SFT token F1"),
+        ("eval/rouge_l_delta_ppo_constant", "PPO - best constant answer, ROUGE-L"),
+        ("eval/token_f1_delta_ppo_constant", "PPO - best constant answer, token F1"),
+        ("eval/win_rate_ppo_vs_sft", f"PPO's win rate over SFT, {SELF}"),
+    ]
+    shown = [f"- {label}: {with_interval(m, name)}" for name, label in lines if name in m]
+    return "**Headline** (paired over the same prompts):\n\n" + "\n".join(shown) if shown else ""
+
+
+def side_by_side(m: dict[str, float], constants: dict[str, str]) -> str:
+    """One row per model (and the constant answer): perplexity, reference scores, diversity, the judge's
+    and the policy reward model's scores."""
+    columns = [
+        ("perplexity", "ppl"),
+        ("bits/byte", "bpb"),
+        ("ROUGE-L", "rouge_l"),
+        ("token F1", "token_f1"),
+        ("distinct", "distinct"),
+        ("distinct-2", "distinct2"),
+        ("judge RM reward (independent)", "judge_reward"),
+        ("policy RM reward (self-judged)", "reward"),
+    ]
+    rows = [
+        (model, *[m.get(f"eval/{key}_{model}", "-") for _, key in columns])
+        for model in ("base", "sft", "ppo", "constant")
+        if any(f"eval/{key}_{model}" in m for _, key in columns)
+    ]
+    text = table(("model", *[c for c, _ in columns]), rows)
+    if constants:
+        chosen = "; ".join(f'{score}: "{fmt(answer)}"' for score, answer in constants.items())
+        text += f"\n\nThe constant answer (chosen on the training split, per score): {chosen}."
+    return text
+
+
+def clip(text: Any, limit: int = 160) -> str:
+    text = str(text or "").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def sample_answers(rows: list[dict]) -> str:
+    """The sample-answers table: prompt, reference, SFT's and PPO's greedy answers."""
+    if not rows:
+        return ""
+    shown = [
+        (clip(r.get("prompt")), clip(r.get("reference")), clip(r.get("sft")), clip(r.get("ppo")))
+        for r in rows
+    ]
+    return "Sample answers (held-out prompts, greedy decoding):\n\n" + table(
+        ("prompt", "reference", "SFT", "PPO"), shown
     )
+
+
+def pick_answers(evaluate: Manifest | None, n: int) -> list[dict]:
+    """Up to `n` rows of evaluate's `responses.jsonl`, one package after another so the table is not
+    one package's prompts."""
+    if evaluate is None or n == 0 or "responses.jsonl" not in evaluate.files:
+        return []
+    rows: list[dict] = read_jsonl(evaluate.file("responses.jsonl"))
+    picked: list[dict] = []
+    seen: set[str] = set()
+    for r in rows:  # first pass: one row per package
+        pkg = str(r.get("module") or "").split(".")[0]
+        if pkg not in seen:
+            seen.add(pkg)
+            picked.append(r)
+    picked += [r for r in rows if r not in picked]
+    return picked[:n]
 
 
 def _short(metric: str) -> str:
     name = metric.removeprefix("eval/")
-    for suffix in ("_base", "_sft", "_ppo"):
+    for suffix in ("_ci_low", "_ci_high"):
+        name = name.removesuffix(suffix)
+    for suffix in ("_base", "_sft", "_ppo", "_constant"):
         if name.endswith(suffix) and name.removesuffix(suffix) in EVAL_DESCRIPTIONS:
             return name.removesuffix(suffix)
+    if name.startswith("rm_accuracy_"):
+        return "rm_accuracy"
     return name
 
 
@@ -212,8 +360,20 @@ def limitations(cfg: ExportConfig, stages: dict[str, Manifest]) -> str:
         m = ev.metrics
         if "eval/rm_accuracy" in m:
             notes.append(
-                f"- The reward model ranks held-out preference pairs correctly {m['eval/rm_accuracy']:.1%} "
-                "of the time; rewards and win rates inherit its errors."
+                f"- The policy's reward model ranks held-out preference pairs correctly "
+                f"{m['eval/rm_accuracy']:.1%} of the time; its rewards and win rates are self-judged (PPO "
+                "optimised against it) and inherit its errors: read the independent judge's instead."
+            )
+        if "eval/rm_prefers_reference_over_generic" in m:
+            notes.append(
+                f"- The policy's reward model scores the reference answer above every stock answer on "
+                f"{m['eval/rm_prefers_reference_over_generic']:.1%} of held-out prompts; the rest is room "
+                "for a policy to win reward with generic answers."
+            )
+        if "eval/distinct_ppo" in m:
+            notes.append(
+                f"- The aligned policy gives {m['eval/distinct_ppo']:.1%} distinct answers per prompt "
+                f"(SFT: {fmt(m.get('eval/distinct_sft'))})."
             )
         if "eval/kl_ppo_sft" in m:
             notes.append(
@@ -277,7 +437,8 @@ def lineage_table(stages: dict[str, Manifest]) -> str:
 
 
 def eval_results(evaluate: Manifest | None, stages: dict[str, Manifest]) -> list:
-    """model-index entries for the card's YAML header: one per `eval/*` metric, exact values."""
+    """model-index entries for the card's YAML header: one per independently judged `eval/*` metric
+    (the judge, the references, the validation tokens, the answers' statistics), exact values."""
     from huggingface_hub import EvalResult
 
     if evaluate is None:
@@ -286,8 +447,8 @@ def eval_results(evaluate: Manifest | None, stages: dict[str, Manifest]) -> list
     tok = stages.get("tokenizer")
     results = []
     for key, value in sorted(evaluate.metrics.items()):
-        if not key.startswith("eval/"):
-            continue
+        if not key.startswith("eval/") or judged_by(key) not in INDEPENDENT:
+            continue  # self-judged numbers and the reward model's own accuracy are no results of the model
         on_tokens = _short(key) in ("ppl", "bpb")
         src = tok if on_tokens else data
         results.append(
@@ -309,20 +470,22 @@ def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, R
     from huggingface_hub import ModelCard, ModelCardData
 
     evaluate = stages.get("evaluate")
+    algorithm = str(stages["ppo"].config.get("algorithm", "ppo")) if "ppo" in stages else "ppo"
     data = ModelCardData(
         language=cfg.language,
         license=cfg.license,
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["lmforge", "llama", "sft", "rlhf", "ppo"],
+        tags=list(dict.fromkeys(["lmforge", "llama", "sft", "rlhf", algorithm])),
         model_name=cfg.model_name,
         eval_results=eval_results(evaluate, stages) or None,
     )
     body = [
         f"# {cfg.model_name}",
         f"{architecture} trained end to end by the lmforge pipeline: pretraining, supervised fine-tuning "
-        "(LoRA, merged), a reward model and PPO. This card was generated from the lineage's manifests and "
-        f"MLflow runs; the weights are the PPO policy. MLflow registry name: `{cfg.registered_model_name}`.",
+        f"(LoRA, merged), a reward model and {algorithm.upper()}, evaluated by an independent judge reward "
+        "model and reference answers. This card was generated from the lineage's manifests and MLflow runs; "
+        f"the weights are the aligned policy. MLflow registry name: `{cfg.registered_model_name}`.",
         "## Intended use",
         cfg.intended_use,
         f"**Out of scope:** {cfg.out_of_scope_use}",
@@ -331,7 +494,7 @@ def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, R
         "## Training procedure",
         training_procedure(stages, runs),
         "## Evaluation",
-        evaluation(evaluate),
+        evaluation(evaluate, pick_answers(evaluate, cfg.sample_answers)),
         "## Limitations and risks",
         limitations(cfg, stages),
         "## Compute",

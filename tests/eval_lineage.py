@@ -2,11 +2,14 @@
 
     stages = build_lineage(tmp_path, tracker, parent_run_id)   # {stage name: Manifest}, DAG order
 
-Document stages hold a few documents; align_data holds chat-format SFT/preference splits; the
-tokenizer stage holds a tiny byte-level BPE and token shards; pretrain holds an untrained LlamaForCausalLM,
-sft the same model briefly trained on the train tokens, ppo the SFT model trained a little further, and
-reward a random one-label LlamaForSequenceClassification. With a tracker, every stage also gets an MLflow
+Document stages hold a few documents; align_data holds chat-format SFT/preference splits (rejected
+kinds `other_object`, `truncated`, `generic`); the tokenizer stage holds a tiny byte-level BPE and token
+shards; pretrain holds an untrained LlamaForCausalLM, sft the same model briefly trained on the train
+tokens, ppo the SFT model trained a little further, and reward and judge two random one-label
+LlamaForSequenceClassification models (different seeds). With a tracker, every stage also gets an MLflow
 child run (params = config, metrics = the manifest's), as the runner would have made.
+
+`collapsed_policy` makes a ppo stage whose policy gives every prompt the same answer (for the gates).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.common.alignment import EVAL_DOCUMENTS, PREF_FILES, SFT_FILES
+from tasks.common.alignment import EVAL_DOCUMENTS, GENERIC_ANSWERS, PREF_FILES, SFT_FILES
 from tasks.common.artifacts import Manifest, write_manifest
 from tasks.common.data import Document, ShardWriter
 from tasks.common.jsonl import write_jsonl
@@ -90,21 +93,34 @@ def messages(role: str, text: str) -> list[dict]:
     return [{"role": role, "content": text}]
 
 
+REJECTED = ("other_object", "truncated", "generic")
+
+
+def rejected_answer(kind: str, i: int, sents: list[str]) -> str:
+    """The next prompt's sentence, the first half of this one (final period kept), or a stock answer."""
+    if kind == "other_object":
+        return sents[(i + 1) % len(sents)]
+    if kind == "truncated":
+        words = sents[i].split()
+        return " ".join(words[: len(words) // 2]) + "."
+    return GENERIC_ANSWERS[i % len(GENERIC_ANSWERS)]
+
+
 def align_rows(split: str, sents: list[str]) -> tuple[list[dict], list[dict]]:
     """(SFT rows, preference rows) of one split: the chosen answer is the prompt's own sentence, the
-    rejected one the next prompt's."""
+    rejected one made by each of REJECTED in turn."""
     sft, prefs = [], []
     for i, s in enumerate(sents):
         prompt = messages("user", f"Summarize {NAMES[i % len(NAMES)]} in module {MODULES[i % len(MODULES)]}.")
         rec = {"id": f"{split}{i}", "module": MODULES[i % len(MODULES)], "prompt": prompt}
         sft.append({**rec, "completion": messages("assistant", s)})
-        other = sents[(i + 1) % len(sents)]
+        kind = REJECTED[i % len(REJECTED)]
         prefs.append(
             {
                 **rec,
                 "chosen": messages("assistant", s),
-                "rejected": messages("assistant", other),
-                "rejected_kind": "other_summary",
+                "rejected": messages("assistant", rejected_answer(kind, i, sents)),
+                "rejected_kind": kind,
             }
         )
     return sft, prefs
@@ -150,13 +166,14 @@ def build_lineage(
         sft, prefs = align_rows(split, sents)
         write_jsonl(out / SFT_FILES[split], sft)
         write_jsonl(out / PREF_FILES[split], prefs)
+    write_jsonl(out / PREF_FILES["judge"], align_rows("judge", train_texts[40:60])[1])
     write_jsonl(out / EVAL_DOCUMENTS, [{"id": f"e{i}", "text": t} for i, t in enumerate(val_texts)])
     stages["align_data"] = seal(
         out,
         "align_data",
         {"scrub": stages["scrub"]},
         config={"eval_fraction": 0.2, "seed": 0},
-        counts={"sft_train": 40, "sft_eval": 16, "prefs_train": 40, "prefs_eval": 16},
+        counts={"sft_train": 40, "sft_eval": 16, "prefs_train": 40, "prefs_eval": 16, "prefs_judge": 20},
         seconds=0.4,
     )
 
@@ -207,8 +224,7 @@ def build_lineage(
         metrics={"train/loss": 3.1},
         seconds=3.0,
     )
-    torch.manual_seed(2)
-    rm = _reward_model(tok)
+    rm = _reward_model(tok, seed=2)
     out = root / "reward" / "testrew"
     save_model_folder(rm, tok, out / "model")
     stages["reward"] = seal(
@@ -219,6 +235,16 @@ def build_lineage(
         metrics={"train/accuracy": 0.62},
         seconds=1.5,
     )
+    out = root / "judge" / "testjudge"  # another random model: the judge disagrees with the reward model
+    save_model_folder(_reward_model(tok, seed=5), tok, out / "model")
+    stages["judge"] = seal(
+        out,
+        "judge",
+        {"sft": stages["sft"], "align_data": stages["align_data"]},
+        config={"lr": 0.0001, "seed": 1},
+        metrics={"eval_accuracy": 0.58},
+        seconds=1.2,
+    )
     ppo = train_lm(sft, train_tokens, 10, seed=3, lr=1e-3)
     out = root / "ppo" / "testppo"
     save_model_folder(ppo, tok, out / "model")
@@ -226,7 +252,7 @@ def build_lineage(
         out,
         "ppo",
         {"sft": stages["sft"], "reward": stages["reward"], "align_data": stages["align_data"]},
-        config={"lr": 1e-5, "kl_coef": 0.05, "ppo_epochs": 2},
+        config={"lr": 1e-5, "kl_coef": 0.05, "ppo_epochs": 2, "algorithm": "ppo"},
         metrics={"ppo/reward": 0.3, "ppo/kl": 0.02},
         seconds=4.0,
     )
@@ -240,11 +266,52 @@ def build_lineage(
     return stages
 
 
-def _reward_model(tok):
+def collapsed_policy(root: Path, stages: dict[str, Manifest], answer: str, steps: int = 60) -> Manifest:
+    """A ppo stage whose policy answers every chat prompt with `answer`: the SFT model fine-tuned on
+    (eval and train prompt, `answer`) conversations, as a policy that hacked its reward would."""
+    from tasks.common.models import load_causal_lm, load_tokenizer
+
+    sft_dir = stages["sft"].dir / "model"
+    tok, model = load_tokenizer(sft_dir), load_causal_lm(sft_dir)
+    prompts = [
+        f"Summarize {n} in module {m}." for n in NAMES for m in MODULES
+    ]  # every prompt the eval and train splits can hold
+    seqs = [
+        tok.apply_chat_template(
+            messages("user", p) + messages("assistant", answer), tokenize=True, return_dict=True
+        )["input_ids"]
+        for p in prompts
+    ]
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+    labels = ids.masked_fill(ids == tok.pad_token_id, -100)
+    gen = torch.Generator().manual_seed(7)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        batch = torch.randint(0, len(seqs), (16,), generator=gen)
+        loss = model(input_ids=ids[batch], labels=labels[batch]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = root / "ppo" / "testcollapsed"
+    save_model_folder(model.eval(), tok, out / "model")
+    return helpers.seal(
+        out,
+        "ppo",
+        {"sft": stages["sft"], "reward": stages["reward"], "align_data": stages["align_data"]},
+        stage_hash="testcollapsed",
+        config={"algorithm": "ppo", "collapsed_to": answer},
+        seconds=1.0,
+    )
+
+
+def _reward_model(tok, seed: int):
     from transformers import LlamaForSequenceClassification
 
     cfg = tiny_llama(tok).config
     cfg.num_labels = 1
+    torch.manual_seed(seed)
     return LlamaForSequenceClassification(cfg)
 
 

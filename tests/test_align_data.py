@@ -1,11 +1,16 @@
-"""align_data: pairs from pydocs-like documents, split by module, rejected answers, user datasets."""
+"""align_data: pairs from pydocs-like documents, split by top-level package into roles, rejected answers
+that form cues cannot tell apart, user datasets."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
+from collections import Counter
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -13,35 +18,32 @@ from conf.align_data import AlignDataConfig, DatasetSource
 from tasks.align_data import (
     AlignDataError,
     align_data,
-    make_rejected,
+    assign_roles,
+    generic,
     shuffled,
     split_sentences,
     summary,
     truncated,
 )
+from tasks.common.alignment import (
+    GENERIC_ANSWERS,
+    PPO_PROMPTS,
+    PREF_FILES,
+    REJECTED_KINDS,
+    SFT_FILES,
+    top_package,
+)
 from tasks.common.data import Document
 from tasks.common.jsonl import read_jsonl
-from tasks.common.splits import is_eval_module
 from tasks.common.tracking import MetricLogger
 from tests.helpers import documents_stage
-
-FRACTION = 0.3
-
-
-def modules_on_both_sides(n_train: int = 3, n_eval: int = 2) -> tuple[list[str], list[str]]:
-    """Module names that `is_eval_module` puts on each side of the split (found, not assumed)."""
-    train, evals = [], []
-    for i in range(200):
-        name = f"pkg{i}"
-        (evals if is_eval_module(name, FRACTION, 0) else train).append(name)
-    assert len(train) >= n_train and len(evals) >= n_eval
-    return train[:n_train], evals[:n_eval]
-
 
 SUMMARIES = [
     "Return the sum of the numbers in the iterable. Values are added left to right.",
     "Open the file at the given path and return a stream object for it.",
     "Parse the text into a tree of nodes, raising an error on bad input.",
+    "Close every handler of the logger and release the locks it holds while it is shutting down.",
+    "Format the record as text.",
 ]
 
 
@@ -62,23 +64,22 @@ def pydoc(module: str, qualname: str, kind: str, text: str, signature: str = "(x
     )
 
 
-def corpus() -> tuple[list[Document], list[str], list[str]]:
-    train_mods, eval_mods = modules_on_both_sides()
+def corpus(n_packages: int = 16) -> list[Document]:
+    """Packages `pkgN` with a submodule each; every module has a module docstring, five functions, a
+    class and one docstring too short to make a pair."""
     docs = []
-    for m in train_mods + eval_mods:
-        docs.append(
-            pydoc(m, "", "module", f"Tools for working with {m} objects and files.\n\nMore text here.")
-        )
-        for j, s in enumerate(SUMMARIES):
+    for i in range(n_packages):
+        for m in (f"pkg{i}", f"pkg{i}.sub"):
+            docs.append(pydoc(m, "", "module", f"Tools for working with {m} objects and files.\n\nMore."))
+            for j, s in enumerate(SUMMARIES):
+                text = f"{s} See {m}.\n\n    >>> func{j}(1)\n    2\n\nDetails follow here."
+                docs.append(pydoc(m, f"func{j}", "function", text))
             docs.append(
-                pydoc(m, f"func{j}", "function", f"{s}\n\n    >>> func{j}(1)\n    2\n\nDetails follow here.")
+                pydoc(m, "Thing", "class", f"A thing with :func:`parts` and {m} state.\nIt keeps them.")
             )
-        docs.append(
-            pydoc(m, "Thing", "class", "A thing with :func:`parts` and state.\nIt keeps them in order.")
-        )
-        docs.append(pydoc(m, "tiny", "function", "Hi."))  # summary too short: no pair
+            docs.append(pydoc(m, "tiny", "function", "Hi."))  # summary too short: no pair
     docs.append(Document(id="web:1", text="A page with no module metadata.", source="web"))
-    return docs, train_mods, eval_mods
+    return docs
 
 
 def run(tmp_path, cfg: AlignDataConfig, docs: list[Document]):
@@ -88,50 +89,93 @@ def run(tmp_path, cfg: AlignDataConfig, docs: list[Document]):
     return align_data(cfg, {"scrub": upstream}, out, MetricLogger()), out
 
 
-def test_pairs_split_by_module_with_rejected_answers(tmp_path):
-    docs, train_mods, eval_mods = corpus()
-    report, out = run(tmp_path, AlignDataConfig(eval_fraction=FRACTION), docs)
-    sft = {s: read_jsonl(out / f"sft/{s}.jsonl") for s in ("train", "eval")}
-    prefs = {s: read_jsonl(out / f"prefs/{s}.jsonl") for s in ("train", "eval")}
+def read_files(out) -> dict[str, list[dict]]:
+    names = {"sft_train": SFT_FILES["train"], "sft_eval": SFT_FILES["eval"], "ppo": PPO_PROMPTS}
+    names.update({f"prefs_{k}": v for k, v in PREF_FILES.items()})
+    return {k: read_jsonl(out / v) for k, v in names.items()}
 
-    assert {r["module"] for r in sft["train"]} == set(train_mods)
-    assert {r["module"] for r in sft["eval"]} == set(eval_mods)
-    assert {r["module"] for r in prefs["eval"]} <= set(eval_mods)
-    # per module: 1 module doc + 3 functions + 1 class; the too-short docstring makes no pair
-    assert len(sft["train"]) == 5 * len(train_mods) and len(sft["eval"]) == 5 * len(eval_mods)
-    assert report.counts["skipped_no_summary"] == len(train_mods) + len(eval_mods)
-    assert report.counts["modules_train"] == 3 and report.counts["modules_eval"] == 2
-    assert report.counts["sft_eval"] == len(sft["eval"]) and report.counts["prefs_train"] == len(
-        prefs["train"]
+
+def packages(rows: list[dict]) -> set[str]:
+    return {top_package(r["module"]) for r in rows}
+
+
+def test_pairs_split_by_top_level_package_into_disjoint_roles(tmp_path):
+    docs = corpus()
+    report, out = run(tmp_path, AlignDataConfig(eval_fraction=0.25), docs)
+    f = read_files(out)
+    roles = {
+        "eval": packages(f["sft_eval"]),
+        "rm": packages(f["prefs_train"]),
+        "judge": packages(f["prefs_judge"]),
+        "ppo": packages(f["ppo"]),
+    }
+    assert all(roles.values()), roles
+    for a in roles:
+        for b in roles:
+            assert a == b or not roles[a] & roles[b], (a, b)  # no package in two roles
+    assert packages(f["prefs_eval"]) == roles["eval"]
+    assert packages(f["sft_train"]) == roles["rm"] | roles["judge"] | roles["ppo"]
+    # per module: 1 module doc + 5 functions + 1 class; the too-short docstring makes no pair
+    assert len(f["sft_train"]) + len(f["sft_eval"]) == 16 * 2 * 7
+    assert report.counts["skipped_no_summary"] == 32
+    assert report.counts["prompts_eval"] == len(f["sft_eval"]) and report.counts["ppo_prompts"] == len(
+        f["ppo"]
     )
+    assert report.counts["packages_eval"] == len(roles["eval"]) and report.counts["prefs_judge"] > 0
 
-    by_id = {r["id"]: r for r in sft["train"] + sft["eval"]}
-    rec = by_id[f"pydocs:{train_mods[0]}:func0"]
+    sft = {r["id"]: r for r in f["sft_train"] + f["sft_eval"]}
+    assert {r["id"] for r in f["ppo"]} <= set(sft) and all(r == sft[r["id"]] for r in f["ppo"])
+    rec = sft["pydocs:pkg0:func0"]
     assert rec["prompt"] == [{"role": "user", "content": rec["prompt"][0]["content"]}]
-    assert "func0(x, y=1)" in rec["prompt"][0]["content"] and train_mods[0] in rec["prompt"][0]["content"]
-    assert rec["completion"] == [{"role": "assistant", "content": SUMMARIES[0]}]
-    thing = by_id[f"pydocs:{train_mods[0]}:Thing"]
-    assert thing["completion"][0]["content"] == "A thing with `parts` and state. It keeps them in order."
-    assert "class Thing" in thing["prompt"][0]["content"]
+    assert "func0(x, y=1)" in rec["prompt"][0]["content"] and "pkg0" in rec["prompt"][0]["content"]
+    assert rec["completion"] == [{"role": "assistant", "content": f"{SUMMARIES[0]} See pkg0."}]
+    thing = sft["pydocs:pkg0:Thing"]
+    assert thing["completion"][0]["content"] == "A thing with `parts` and pkg0 state. It keeps them."
 
-    kinds = {"other_object", "truncated", "shuffled_sentences", "shuffled_words"}
-    for p in prefs["train"] + prefs["eval"]:
-        chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
-        assert p["rejected_kind"] in kinds and rejected != chosen
-        assert p["chosen"] == by_id[p["id"]]["completion"] and p["prompt"] == by_id[p["id"]]["prompt"]
-        if p["rejected_kind"] == "other_object":  # another object's summary from the same module
-            same_module = {
-                r["completion"][0]["content"] for r in by_id.values() if r["module"] == p["module"]
-            }
-            assert rejected in same_module
-    assert sum(v for k, v in report.counts.items() if k.startswith("rejected_")) == len(prefs["train"]) + len(
-        prefs["eval"]
-    )
+    for name in ("prefs_train", "prefs_judge", "prefs_eval"):
+        for p in f[name]:
+            assert p["rejected_kind"] in REJECTED_KINDS and p["rejected"] != p["chosen"]
+            assert p["chosen"] == sft[p["id"]]["completion"] and p["prompt"] == sft[p["id"]]["prompt"]
+    # rm/judge: two rejected answers of different kinds per prompt; eval: one of every kind
+    per_prompt = Counter(p["id"] for p in f["prefs_train"])
+    assert set(per_prompt.values()) == {2}
+    assert all(len({p["rejected_kind"] for p in f["prefs_train"] if p["id"] == i}) == 2 for i in per_prompt)
+    eval_kinds = Counter(p["id"] for p in f["prefs_eval"])
+    assert max(eval_kinds.values()) == 4 and report.counts["prefs_eval"] == len(f["prefs_eval"])
+    # the other objects' answers come from the same role (no eval answer leaks into training pairs)
+    answers = {n: {r["chosen"][0]["content"] for r in f[n]} for n in ("prefs_train", "prefs_eval")}
+    for p in f["prefs_train"]:
+        if p["rejected_kind"] == "other_object":
+            assert p["rejected"][0]["content"] not in answers["prefs_eval"]
 
-    held_out = [json.loads(line) for line in (out / "eval_documents.jsonl").read_text().splitlines()]
-    expected = {d.id for d in docs if d.meta.get("module") in eval_mods}
-    assert {d["id"] for d in held_out} == expected and all(d["text"] for d in held_out)
-    assert report.counts["eval_documents"] == len(expected)
+    held_out = read_jsonl(out / "eval_documents.jsonl")
+    expected = {d.id for d in docs if d.meta.get("module") and top_package(d.meta["module"]) in roles["eval"]}
+    assert {d["id"] for d in held_out} == expected and report.counts["eval_documents"] == len(expected)
+
+
+def test_kinds_are_balanced_and_weights_respected(tmp_path):
+    report, out = run(tmp_path, AlignDataConfig(eval_fraction=0.25), corpus(24))
+    kinds = Counter(p["rejected_kind"] for p in read_jsonl(out / PREF_FILES["train"]))
+    assert set(kinds) == {"other_object", "truncated", "shuffled", "generic"}
+    assert max(kinds.values()) - min(kinds.values()) <= 2, kinds
+    assert all(report.counts[f"rejected_{k}_train"] == n for k, n in kinds.items())
+
+    cfg = AlignDataConfig(eval_fraction=0.25, rejected_weights={"truncated": 1.0, "generic": 1.0})
+    report, out = run(tmp_path / "b", cfg, corpus(24))
+    kinds = {p["rejected_kind"] for n in ("train", "judge", "eval") for p in read_jsonl(out / PREF_FILES[n])}
+    assert kinds == {"truncated", "generic"}
+
+
+def test_role_shares_follow_the_config():
+    counts = {f"p{i}": 10 for i in range(200)}
+    cfg = AlignDataConfig(eval_fraction=0.2, role_shares={"rm": 0.5, "judge": 0.25, "ppo": 0.25})
+    roles = assign_roles(counts, cfg)
+    share = Counter(roles.values())
+    assert share["eval"] == pytest.approx(40, abs=2) and share["rm"] == pytest.approx(80, abs=2)
+    assert share["judge"] == pytest.approx(40, abs=2) and share["ppo"] == pytest.approx(40, abs=2)
+    assert assign_roles(counts, cfg) == roles  # deterministic
+    other = assign_roles(counts, AlignDataConfig(eval_fraction=0.2, seed=1))
+    assert other != roles
 
 
 def test_summary_takes_first_prose_paragraph_and_caps_at_sentences():
@@ -146,32 +190,31 @@ def test_summary_takes_first_prose_paragraph_and_caps_at_sentences():
     assert summary("A single sentence much longer than the cap.", 10) is None
 
 
-def test_damaged_answers_differ_and_are_deterministic():
-    answer = "Return the sum of the numbers. Values are added left to right."
-    cut = truncated(answer, random.Random(1))
-    assert answer.startswith(cut) and len(cut.split()) < len(answer.split()) and not cut.endswith(".")
-    text, kind = shuffled(answer, random.Random(1))
-    assert kind == "shuffled_sentences" and text != answer
-    assert sorted(split_sentences(text)) == sorted(split_sentences(answer))  # same sentences, new order
-    assert shuffled("one two three four five", random.Random(0))[1] == "shuffled_words"
-    assert truncated("too short", random.Random(0)) is None
-    pool = [("a", answer), ("b", "Open the stream and read it.")]
-    first = make_rejected("a", answer, pool, {"other_object": 1.0, "truncated": 0.0, "shuffled": 0.0}, seed=0)
-    assert first == ("Open the stream and read it.", "other_object")
-    assert make_rejected(
-        "a", answer, pool, {"other_object": 1.0, "truncated": 1.0, "shuffled": 1.0}, 3
-    ) == make_rejected("a", answer, pool, {"other_object": 1.0, "truncated": 1.0, "shuffled": 1.0}, 3)
-    # no other object in the module: falls back to damaging the right answer
-    alone = make_rejected("a", answer, pool[:1], {"other_object": 1.0, "truncated": 0.0, "shuffled": 1.0}, 0)
-    assert alone is not None and alone[1] == "shuffled_sentences"
-
-
-def test_only_truncated_rejections_when_weighted_so(tmp_path):
-    docs, _, _ = corpus()
-    cfg = AlignDataConfig(eval_fraction=FRACTION, rejected_weights={"truncated": 1.0, "other_object": 0.0})
-    report, out = run(tmp_path, cfg, docs)
-    kinds = {p["rejected_kind"] for s in ("train", "eval") for p in read_jsonl(out / f"prefs/{s}.jsonl")}
-    assert kinds <= {"truncated"} and report.counts["rejected_truncated_train"] > 0
+def test_damaged_answers_keep_the_form_of_the_answer():
+    answer = "Return the sum of the `numbers` in the iterable, left to right."
+    for seed in range(20):
+        cut = truncated(answer, random.Random(seed))
+        assert cut.endswith(".") and cut[0] == "R" and len(cut) < len(answer)
+        assert answer.startswith(cut[:-1]) and cut.count("`") % 2 == 0  # never cut inside `code`
+        words = shuffled(answer, random.Random(seed))
+        assert words != answer and words.endswith(".") and words[0].isupper()
+        assert sorted(words.rstrip(".").lower().split()) == sorted(answer.rstrip(".").lower().split())
+    assert truncated("Too short to cut.", random.Random(0)) is None
+    two = "Return the sum of the numbers. Values are added left to right."
+    text = shuffled(two, random.Random(1))
+    assert sorted(split_sentences(text)) == sorted(split_sentences(two)) and text != two
+    assert shuffled("Stop now.", random.Random(0)) is None
+    # generic answers: stock answers only, about the target length, with the answer's sentence count
+    for target in (20, 60, 120, 200):
+        g = generic("One sentence here.", target, random.Random(0))
+        assert abs(math.log(len(g) / target)) < math.log(1.3) and len(split_sentences(g)) == 1
+        assert all(
+            part.strip(" .;").lower() in {a.rstrip(".").lower() for a in GENERIC_ANSWERS}
+            for part in re.split(r"; |\. ", g)
+        )
+    g = generic("First sentence here. Second sentence here.", 80, random.Random(0))
+    assert len(split_sentences(g)) == 2
+    assert not generic("Ends without a period", 30, random.Random(0)).endswith(".")
 
 
 def write_jsonl(path, rows):
@@ -183,7 +226,7 @@ def test_user_datasets_are_added_in_trl_formats(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    docs, _, _ = corpus()
+    docs = corpus(4)
     msgs = write_jsonl(
         tmp_path / "chat.jsonl",
         [
@@ -210,7 +253,7 @@ def test_user_datasets_are_added_in_trl_formats(tmp_path):
         ],
     )
     cfg = AlignDataConfig(
-        eval_fraction=FRACTION,
+        eval_fraction=0.25,
         sft_datasets=[
             DatasetSource(path=str(msgs), eval_fraction=0.5),
             DatasetSource(path=str(pc), eval_fraction=0.0),
@@ -226,11 +269,37 @@ def test_user_datasets_are_added_in_trl_formats(tmp_path):
     assert [m["role"] for m in first["prompt"]] == ["system", "user"] and first["completion"][0][
         "content"
     ] == "A0"
-    parquet_rows = [r for r in read_jsonl(out / "sft/train.jsonl") if r["module"] == "user:pc"]
-    assert len(parquet_rows) == 6 and parquet_rows[0]["prompt"] == [{"role": "user", "content": "P0"}]
-    mine = [r for r in read_jsonl(out / "prefs/train.jsonl") if r["module"] == "user:mine"]
+    parquet_rows = {r["id"]: r for r in read_jsonl(out / "sft/train.jsonl") if r["module"] == "user:pc"}
+    assert len(parquet_rows) == 6 and parquet_rows["pc:0"]["prompt"] == [{"role": "user", "content": "P0"}]
+    mine = sorted(
+        (r for r in read_jsonl(out / "prefs/train.jsonl") if r["module"] == "user:mine"),
+        key=lambda r: r["id"],
+    )
     assert [r["chosen"][0]["content"] for r in mine] == ["good", "good2"]
     assert mine[1]["prompt"] == [{"role": "user", "content": "Q2"}] and mine[1]["rejected_kind"] == "user"
+
+
+def test_user_data_only_gives_the_judge_a_disjoint_share_and_ppo_the_sft_prompts(tmp_path):
+    prefs = write_jsonl(
+        tmp_path / "prefs.jsonl",
+        [{"prompt": f"Q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(60)],
+    )
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl", [{"prompt": f"P{i}", "completion": f"C{i}"} for i in range(20)]
+    )
+    cfg = AlignDataConfig(
+        builtin=False,
+        eval_fraction=0.2,
+        pref_datasets=[DatasetSource(path=str(prefs))],
+        sft_datasets=[DatasetSource(path=str(chat))],
+    )
+    report, out = run(tmp_path, cfg, corpus(2))
+    f = read_files(out)
+    rm, judge = {r["id"] for r in f["prefs_train"]}, {r["id"] for r in f["prefs_judge"]}
+    assert rm and judge and not rm & judge and not (rm | judge) & {r["id"] for r in f["prefs_eval"]}
+    assert len(rm) + len(judge) + len(f["prefs_eval"]) == 60
+    assert 0.15 < len(judge) / (len(rm) + len(judge)) < 0.5  # judge / (rm + judge) = 1/3
+    assert f["ppo"] == f["sft_train"] and report.counts["ppo_prompts"] == len(f["sft_train"]) > 0
 
 
 @pytest.mark.parametrize(
@@ -249,7 +318,7 @@ def test_user_dataset_format_errors_name_file_row_and_field(tmp_path, kind, row,
     src = [DatasetSource(path=str(path))]
     cfg = AlignDataConfig(sft_datasets=src) if kind == "sft" else AlignDataConfig(pref_datasets=src)
     with pytest.raises(AlignDataError) as err:
-        run(tmp_path, cfg, corpus()[0])
+        run(tmp_path, cfg, corpus(4))
     assert str(path) in str(err.value) and "row 1" in str(err.value) and message in str(err.value)
 
 
@@ -257,12 +326,12 @@ def test_bad_json_and_missing_file_are_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q", "completion": "A"}\n{oops\n')
     with pytest.raises(AlignDataError, match=rf"{bad}:2: not valid JSON"):
-        run(tmp_path, AlignDataConfig(sft_datasets=[DatasetSource(path=str(bad))]), corpus()[0])
+        run(tmp_path, AlignDataConfig(sft_datasets=[DatasetSource(path=str(bad))]), corpus(4))
     with pytest.raises(AlignDataError, match="does not exist"):
         run(
             tmp_path / "b",
             AlignDataConfig(sft_datasets=[DatasetSource(path=str(tmp_path / "no.jsonl"))]),
-            corpus()[0],
+            corpus(4),
         )
 
 
@@ -276,12 +345,136 @@ def test_config_keys_cache_on_dataset_content_and_validates(tmp_path):
     assert STAGES["align_data"].keyed_config(pipeline) != before
     with pytest.raises(ValidationError, match="rejected_weights"):
         AlignDataConfig(rejected_weights={"truncated": -1.0})
+    with pytest.raises(ValidationError, match="role_shares"):
+        AlignDataConfig(role_shares={"rm": 0.0, "judge": 1.0})
     with pytest.raises(ValidationError, match="no sft_datasets"):
         AlignDataConfig(builtin=False)
 
 
 def test_empty_eval_split_is_an_error_naming_the_knob(tmp_path):
-    train_mods, _ = modules_on_both_sides()
-    docs = [pydoc(train_mods[0], "f", "function", SUMMARIES[0])]
+    docs = [pydoc("pkg0", "f", "function", SUMMARIES[0])]  # one package: all of it goes to one role
     with pytest.raises(AlignDataError, match="eval_fraction"):
-        run(tmp_path, AlignDataConfig(eval_fraction=FRACTION), docs)
+        run(tmp_path, AlignDataConfig(eval_fraction=0.25), docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# form cues on the built-in corpus
+
+
+@pytest.fixture(scope="module")
+def stdlib_pairs(tmp_path_factory):
+    """align_data on the tiny preset's corpus (every stdlib docstring of >= 200 chars), default config."""
+    from conf.collect import PydocsSource
+    from tasks.collect import pydocs_documents
+    from tasks.sources import SourceStats
+
+    stats = SourceStats(label="pydocs", on_error="skip", rejects_sink=None)
+    docs = list(pydocs_documents(PydocsSource(packages=["stdlib"], min_chars=200), stats))
+    report, out = run(tmp_path_factory.mktemp("stdlib"), AlignDataConfig(), docs)
+    return report, read_files(out)
+
+
+def form(text: str) -> list[float]:
+    """What a reader sees without reading: length in characters and words, final punctuation, leading
+    capital, number of sentences."""
+    return [
+        math.log(len(text) + 1),
+        math.log(len(text.split()) + 1),
+        float(text.endswith(".")),
+        float(text[-1:] in ".!?"),
+        float(text[:1].isupper()),
+        float(len(split_sentences(text))),
+    ]
+
+
+def form_features(rows: list[dict], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair in a random order, (features of A, of B, their difference) -> 1 if A is the chosen one."""
+    rng = random.Random(seed)
+    x, y = [], []
+    for r in rows:
+        chosen, rejected = r["chosen"][-1]["content"], r["rejected"][-1]["content"]
+        first = rng.random() < 0.5
+        a, b = np.array(form(chosen if first else rejected)), np.array(form(rejected if first else chosen))
+        x.append(np.concatenate([a, b, a - b]))
+        y.append(float(first))
+    return np.array(x), np.array(y)
+
+
+def logistic_regression(x: np.ndarray, y: np.ndarray, steps: int = 2000, lr: float = 0.5):
+    """Plain gradient descent on the log loss (standardised features); returns a predict function."""
+    mu, sd = x.mean(0), x.std(0) + 1e-9
+    z = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
+    w = np.zeros(z.shape[1])
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-z @ w))
+        w -= lr * (z.T @ (p - y) / len(y) + 1e-3 * w)
+    return lambda q: (np.hstack([(q - mu) / sd, np.ones((len(q), 1))]) @ w > 0).astype(float)
+
+
+def decision_tree(x: np.ndarray, y: np.ndarray, depth: int = 3, min_leaf: int = 20):
+    """A CART tree (Gini, thresholds at feature quantiles); returns a predict function."""
+    if depth == 0 or len(y) < 2 * min_leaf or y.min() == y.max():
+        label = float(y.mean() >= 0.5)
+        return lambda q: np.full(len(q), label)
+    best = None
+    for j in range(x.shape[1]):
+        for t in np.unique(np.quantile(x[:, j], np.linspace(0.05, 0.95, 19))):
+            left = x[:, j] <= t
+            n_left = left.sum()
+            if min(n_left, len(y) - n_left) < min_leaf:
+                continue
+            gini = sum(s.sum() * (1 - (y[s].mean() ** 2 + (1 - y[s].mean()) ** 2)) for s in (left, ~left))
+            if best is None or gini < best[0]:
+                best = (gini, j, t)
+    if best is None:
+        return decision_tree(x, y, 0)
+    _, j, t = best
+    left = x[:, j] <= t
+    lo, hi = decision_tree(x[left], y[left], depth - 1), decision_tree(x[~left], y[~left], depth - 1)
+    return lambda q: np.where(q[:, j] <= t, lo(q), hi(q))
+
+
+def test_form_alone_does_not_tell_chosen_from_rejected(stdlib_pairs):
+    """A classifier trained on the reward model's pairs from form features alone (length, punctuation,
+    capital, sentences) is near chance on the held-out pairs; the same classifier does separate the
+    pairs once truncations lose their final period (as they did before issue 13)."""
+    _, f = stdlib_pairs
+    x, y = form_features(f["prefs_train"], 0)
+    xe, ye = form_features(f["prefs_eval"], 1)
+    for fit in (logistic_regression, decision_tree):
+        accuracy = float((fit(x, y)(xe) == ye).mean())
+        assert accuracy <= 0.6, (fit.__name__, accuracy)
+
+    def unpunctuated(rows: list[dict]) -> list[dict]:
+        return [
+            {**r, "rejected": [{"role": "assistant", "content": r["rejected"][0]["content"].rstrip(".")}]}
+            if r["rejected_kind"] == "truncated"
+            else r
+            for r in rows
+        ]
+
+    x, y = form_features(unpunctuated(f["prefs_train"]), 0)
+    xe, ye = form_features(unpunctuated(f["prefs_eval"]), 1)
+    assert float((decision_tree(x, y)(xe) == ye).mean()) > 0.6
+
+
+def test_builtin_roles_are_disjoint_and_sized(stdlib_pairs):
+    """No eval package in any training role; the judge's pairs share no id and no package with the
+    reward model's; PPO prompts are neither; kinds are balanced; the eval split has >= 200 prompts."""
+    report, f = stdlib_pairs
+    eval_pk = packages(f["sft_eval"])
+    training = {"rm": f["prefs_train"], "judge": f["prefs_judge"], "ppo": f["ppo"], "sft": f["sft_train"]}
+    for name, rows in training.items():
+        assert not packages(rows) & eval_pk, name
+    ids = {name: {r["id"] for r in rows} for name, rows in training.items()}
+    assert not ids["rm"] & ids["judge"] and not (ids["rm"] | ids["judge"]) & ids["ppo"]
+    assert not packages(f["prefs_train"]) & packages(f["prefs_judge"])
+    assert (
+        len(f["sft_eval"]) >= 200 and report.counts["prompts_rm"] > 2 * report.counts["prompts_judge"] * 0.6
+    )
+    for name in ("prefs_train", "prefs_judge"):
+        kinds = Counter(r["rejected_kind"] for r in f[name])
+        assert len(kinds) == 4 and max(kinds.values()) - min(kinds.values()) <= 2, (name, kinds)
+    assert (
+        0.4 <= report.metrics["rejected_longer_share"] / (1 - kinds["shuffled"] / sum(kinds.values())) <= 0.6
+    )

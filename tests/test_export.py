@@ -35,6 +35,12 @@ EVAL = EvaluateConfig(
     sample_prompts=["Summarize json."],
     decodings=["greedy", "top_p"],
     sample_max_new_tokens=6,
+    bootstrap_samples=100,
+    # the fake lineage's policies are barely trained: the collapse gates are tested in test_evaluate
+    min_distinct_ppo=None,
+    min_margin_over_constant=None,
+    max_ppl_ratio=None,
+    max_kl=None,
 )
 NAME = "lmforge-card-test"
 
@@ -73,18 +79,59 @@ def test_card_has_every_section(exported):
     assert exported.card.data.pipeline_tag == "text-generation"
 
 
+SELF_JUDGED = ("eval/reward_", "eval/win_rate_", "eval/rm_")
+
+
 def test_card_numbers_equal_the_logged_metrics(exported):
     ev_manifest = exported.stages["evaluate"]
     logged = exported.client.get_run(ev_manifest.mlflow_run_id).data.metrics
     in_yaml = {r.metric_name: r.metric_value for r in exported.card.data.eval_results}
-    assert set(ev.METRIC_NAMES) <= set(in_yaml)
+    assert {k for k in ev.METRIC_NAMES if not k.startswith(SELF_JUDGED)} <= set(in_yaml)
     for name, value in in_yaml.items():
         assert value == ev_manifest.metrics[name] == logged[name], name
     table = section(exported.card, "Evaluation")
     rows = dict(re.findall(r"^\| (eval/\S+) \| (\S+) \|", table, flags=re.M))
-    assert set(rows) == set(in_yaml)
+    assert set(rows) == set(ev_manifest.metrics)  # the card shows every number, the header fewer
     for name, shown in rows.items():
         assert float(shown) == pytest.approx(logged[name], rel=1e-5), name
+
+
+def test_model_index_holds_only_independently_judged_metrics(exported):
+    """The policy's reward model judged what PPO optimised: none of its numbers is a model-index result;
+    the card's table says which judge produced every number."""
+    results = exported.card.data.eval_results
+    assert results and not [r.metric_name for r in results if r.metric_name.startswith(SELF_JUDGED)]
+    names = {r.metric_name for r in results}
+    assert {
+        "eval/judge_win_rate_ppo_vs_sft",
+        "eval/rouge_l_ppo",
+        "eval/token_f1_ppo",
+        "eval/ppl_ppo",
+    } <= names
+    assert {mc.judged_by(r.metric_name) for r in results} <= set(mc.INDEPENDENT)
+    table = section(exported.card, "Evaluation")
+    judged = dict(re.findall(r"^\| (eval/\S+) \| \S+ \| ([^|]+) \|", table, flags=re.M))
+    assert judged["eval/win_rate_ppo_vs_sft"].strip() == mc.SELF
+    assert judged["eval/reward_ppo"].strip() == mc.SELF
+    assert judged["eval/judge_win_rate_ppo_vs_sft"].strip() == mc.JUDGE
+    assert judged["eval/rouge_l_constant"].strip() == mc.REFERENCES
+    assert judged["eval/rm_accuracy"].strip() == mc.RM_LABELS
+    for who in mc.JUDGE_NOTES:
+        assert f"- **{who}**:" in table
+    assert "PPO's win rate over SFT, independent judge RM: " in table and "95% CI" in table
+
+
+def test_card_shows_sample_answers(exported):
+    """A table of held-out prompts with the reference, SFT's and PPO's answers, as evaluate recorded them."""
+    table = section(exported.card, "Evaluation")
+    assert "| prompt | reference | SFT | PPO |" in table
+    rows = [json.loads(line) for line in (exported.stages["evaluate"].dir / "responses.jsonl").open()]
+    shown = mc.pick_answers(exported.stages["evaluate"], 8)
+    assert len(shown) == min(8, len(rows))
+    for r in shown:
+        assert f"| {mc.clip(r['prompt'])} | {mc.clip(r['reference'])} |" in table
+    packages = [r["module"].split(".")[0] for r in shown]
+    assert len(set(packages)) == min(len(shown), len({r["module"].split(".")[0] for r in rows}))
 
 
 def test_training_procedure_comes_from_mlflow_params(exported):
@@ -167,7 +214,9 @@ def test_export_without_tracking_skips_registration(exported, tmp_path):
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert "from the stage manifest" in section(card, "Training procedure")
     assert {r.metric_name: r.metric_value for r in card.data.eval_results} == {
-        k: v for k, v in exported.stages["evaluate"].metrics.items() if k.startswith("eval/")
+        k: v
+        for k, v in exported.stages["evaluate"].metrics.items()
+        if k.startswith("eval/") and mc.judged_by(k) in mc.INDEPENDENT
     }
 
 

@@ -65,6 +65,11 @@ def test_mlflow_parent_and_child_runs(runs, mlflow_uri):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["lmforge.kind"] == "pipeline"
     assert parent.data.params["collect.max_docs"] == "150"
+    # the headline figures on the parent run: the runs table compares pipeline runs by them
+    dedup_counts = first.results["dedup"].manifest.counts
+    assert parent.data.metrics["dedup/documents"] == dedup_counts["documents"]
+    assert parent.data.metrics["collect/documents"] == 150
+    assert client.get_run(second.run_id).data.metrics["dedup/documents"] == dedup_counts["documents"]
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{first.run_id}'")
     by_stage = {c.data.tags["lmforge.stage"]: c for c in children}
     assert set(by_stage) == set(first.results)

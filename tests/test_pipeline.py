@@ -56,6 +56,32 @@ def test_every_stage_ran_and_has_its_child_run(pipeline, mlflow_uri):
     assert len(history) > 3 and history[-1].value < history[0].value  # the curve is there and falls
 
 
+HEADLINE = (
+    "eval/judge_win_rate_ppo_vs_sft",
+    "eval/judge_win_rate_ppo_vs_sft_ci_low",
+    "eval/judge_reward_ppo",
+    "eval/rouge_l_constant",
+    "eval/distinct_ppo",
+    "pretrain/final/val_loss",
+    "reward/eval_accuracy",
+    "judge/eval_accuracy",
+    "dedup/documents",
+    "scrub/pii_total",
+)
+
+
+def test_parent_runs_carry_the_headline_figures(pipeline, mlflow_uri):
+    """The first run's parent and the fully cached second run's parent show the same figures."""
+    _, first, second = pipeline
+    client = MlflowClient(mlflow_uri)
+    evaluate = first.results["evaluate"].manifest.metrics
+    for run in (first, second):
+        metrics = client.get_run(run.run_id).data.metrics
+        assert set(HEADLINE) <= set(metrics), set(HEADLINE) - set(metrics)
+        assert {k: v for k, v in metrics.items() if k.startswith("eval/")} == pytest.approx(evaluate)
+        assert metrics["scrub/pii_total"] == first.results["scrub"].manifest.counts["pii_total"]
+
+
 def test_model_card_numbers_equal_logged_metrics(pipeline, mlflow_uri):
     _, first, _ = pipeline
     export = first.results["export"].manifest
@@ -76,11 +102,18 @@ def test_model_card_numbers_equal_logged_metrics(pipeline, mlflow_uri):
         "eval/reward_ppo",
         "eval/win_rate_ppo_vs_sft",
         "eval/kl_ppo_sft",
+        "eval/judge_win_rate_ppo_vs_sft",
+        "eval/judge_reward_ppo",
+        "eval/rouge_l_constant",
+        "eval/token_f1_ppo",
+        "eval/distinct_ppo",
     ):
         assert float(rows[name]) == pytest.approx(logged[name], rel=1e-5), name
     for stage, result in first.results.items():
         if stage != "export":
             assert result.manifest.stage_hash in card, stage  # lineage names every stage's artifact hash
+    assert "| prompt | reference | SFT | PPO |" in card
+    assert "eval/win_rate_ppo_vs_sft" not in card.split("\n---\n")[0]  # self-judged: not in model-index
 
 
 def test_registered_model_version_exists_and_loads(pipeline, mlflow_uri, tmp_path):

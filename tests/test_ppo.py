@@ -1,5 +1,6 @@
-"""The ppo stage: PPO's math against hand-computed values, a short real PPO run on a toy reward, and the
-stage end to end on tiny real models (outputs load again, metrics and quality gate)."""
+"""The ppo stage: PPO's math against hand-computed values, a short real PPO run on a toy reward, sampling
+log-probs under top-k/top-p, the KL controller over a run-sized horizon, and the stage end to end on tiny
+real models for every algorithm (ppo, grpo, rloo, dpo: outputs load again, metrics and quality gate)."""
 
 from __future__ import annotations
 
@@ -156,6 +157,44 @@ def test_config_rejects_bad_batches():
         PpoConfig(algorithm="grpo", batch_size=12, mini_batch_size=4, num_generations=8)
     with pytest.raises(ValueError, match="temperature"):
         PpoConfig(temperature=0)
+    PpoConfig(algorithm="dpo", batch_size=12, mini_batch_size=4, num_generations=8)  # no generations in DPO
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_config_rejects_top_k_top_p_where_trl_ignores_them_in_log_probs(algorithm):
+    for knob in ({"top_k": 20}, {"top_p": 0.9}):
+        with pytest.raises(ValueError, match="unfiltered distribution"):
+            PpoConfig(algorithm=algorithm, **knob)
+    PpoConfig(algorithm="ppo", top_k=20, top_p=0.9)  # ours stores the filtered log-probs
+
+
+def test_kl_horizon_defaults_to_a_tenth_of_the_run():
+    from conf.loader import load_config
+
+    tiny = load_config("tiny").ppo
+    assert tiny.kl_horizon is None
+    assert tiny.kl_horizon_episodes() == tiny.steps * tiny.batch_size // 10
+    assert PpoConfig(steps=2, batch_size=8, mini_batch_size=4).kl_horizon_episodes() == 8  # >= one batch
+    assert PpoConfig(kl_horizon=2000).kl_horizon_episodes() == 2000
+
+
+def test_adaptive_kl_controller_acts_within_the_tiny_run():
+    """Fed a KL twice the target for the whole tiny run, the coefficient must move well beyond noise; the
+    former fixed horizon (2000 episodes > the run's 960) moved it by 10% at most."""
+    from conf.loader import load_config
+    from tasks.ppo.trainer import kl_controller
+
+    cfg = load_config("tiny").ppo
+
+    def run(c: PpoConfig, kl: float) -> float:
+        ctl = kl_controller(c)
+        for _ in range(c.steps):
+            ctl.update(kl, c.batch_size)
+        return ctl.value / c.init_kl_coef
+
+    assert run(cfg, 2 * cfg.kl_target) > 5.0
+    assert run(cfg, 0.0) < 0.2
+    assert run(cfg.model_copy(update={"kl_horizon": 2000}), 2 * cfg.kl_target) < 1.11
 
 
 # ---- a real PPO run on a toy reward -----------------------------------------------------------
@@ -165,13 +204,14 @@ class Recorder(MetricLogger):
     """A MetricLogger that keeps what it is sent."""
 
     def __init__(self):
-        self.metrics, self.tables = [], []
+        self.metrics, self.tables, self.table_data = [], [], {}
 
     def log_metrics(self, metrics, step=None):
         self.metrics.append((step, dict(metrics)))
 
     def log_table(self, data, artifact_file):
         self.tables.append(artifact_file)
+        self.table_data[artifact_file] = data
 
 
 PROMPTS = [[{"role": "user", "content": f"Explain item {i} of the list."}] for i in range(40)]
@@ -233,7 +273,12 @@ def test_ppo_raises_a_toy_reward_and_logs_metrics():
     first = sum(h["score"] for h in history[:4]) / 4
     last = sum(h["score"] for h in history[-4:]) / 4
     assert last > first + 0.1, (first, last)
-    assert history[-1]["learning_rate"] < history[0]["learning_rate"]  # linear anneal
+    # each step logs the learning rate its own updates used: the configured one first, then the linear anneal
+    assert [h["learning_rate"] for h in history] == pytest.approx(
+        [cfg.learning_rate * (1 - k / cfg.steps) for k in range(cfg.steps)]
+    )
+    first_step, first_logged = rec.metrics[0]
+    assert first_step == 1 and first_logged["ppo/learning_rate"] == pytest.approx(cfg.learning_rate)
     step, logged = rec.metrics[-1]
     assert step == cfg.steps
     for name in (
@@ -292,6 +337,83 @@ def test_rollout_tensors_are_consistent():
     torch.testing.assert_close(again, ro.logprobs[:3], atol=1e-4, rtol=1e-4)
 
 
+def _filtered_trainer(**kw):
+    """A PPO trainer sampling at temperature 0.7 with top-k 12 and top-p 0.8, on a policy whose model folder
+    asks for other sampling settings (as the SFT folder's generation config does: top_k 50, temperature
+    0.8): PPO's explicit settings must win."""
+    from tasks.ppo.trainer import PPOTrainer
+
+    policy, value, tok = toy_policy_and_value()
+    policy.generation_config.update(do_sample=True, top_k=50, temperature=0.8)
+    cfg = toy_cfg(**{"max_new_tokens": 10, "temperature": 0.7, "top_k": 12, "top_p": 0.8, **kw})
+    return PPOTrainer(cfg, policy, tok, value, lambda p, c, ids: torch.zeros(len(ids)), PROMPTS), cfg
+
+
+def test_top_k_top_p_log_probs_are_those_generate_sampled_from():
+    """`generate`'s own processed scores (temperature, top-k, top-p: the distribution each token was drawn
+    from) give the same log-probs as PPO's recomputation under the same filter; the unfiltered softmax
+    (what PPO stored before) does not."""
+    from tasks.common.generation import left_pad, response_mask
+    from tasks.ppo import core
+    from tasks.ppo.rollout import behaviour_logprobs, response_logits
+
+    trainer, cfg = _filtered_trainer()
+    policy = trainer.unwrapped_policy()
+    q, qm = left_pad(trainer.prompt_ids[:8], trainer.pad_id)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = policy.generate(
+            input_ids=q,
+            attention_mask=qm,
+            generation_config=trainer.gen,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    responses = out.sequences[:, q.shape[1] :]
+    mask, _ = response_mask(responses, trainer.eos_id)
+    sampled_from = torch.stack(out.scores, 1)  # [B, T, V], -inf outside top-k/top-p
+    expected = torch.where(mask.bool(), core.logprobs_from_logits(sampled_from, responses), 0.0)
+    with torch.no_grad():
+        logits = response_logits(policy, q, qm, responses, mask, cfg.temperature)
+    ours = behaviour_logprobs(logits, responses, mask, cfg.top_k, cfg.top_p)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+    kept = torch.isfinite(sampled_from).sum(-1)[mask.bool()]
+    assert 1 <= kept.min() and kept.max() <= cfg.top_k  # the filter really cut the distribution
+    unfiltered = core.logprobs_from_logits(logits, responses) * mask
+    assert (ours - unfiltered)[mask.bool()].min() > 1e-3  # renormalised over fewer tokens: higher
+
+
+def test_rollout_stores_the_filtered_log_probs_and_top_k_1_is_greedy():
+    """The rollout's stored log-probs equal a recomputation under the same filter (in other batches); with
+    top_k=1 sampling is greedy and every sampled token has probability 1 (log-prob 0)."""
+    from tasks.ppo.rollout import behaviour_logprobs, response_logits
+
+    trainer, cfg = _filtered_trainer()
+    ro = trainer.rollout(trainer.next_batch())
+    policy = trainer.unwrapped_policy()
+    with torch.no_grad():
+        logits = response_logits(
+            policy, ro.queries[:5], ro.query_mask[:5], ro.responses[:5], ro.mask[:5], 0.7
+        )
+    again = behaviour_logprobs(logits, ro.responses[:5], ro.mask[:5], cfg.top_k, cfg.top_p)
+    torch.testing.assert_close(again, ro.logprobs[:5], atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(ro.logprobs).all() and (ro.logprobs[ro.mask == 0] == 0).all()
+
+    greedy, _ = _filtered_trainer(top_k=1, top_p=1.0)
+    ro = greedy.rollout(greedy.next_batch())
+    torch.testing.assert_close(ro.logprobs, torch.zeros_like(ro.logprobs))
+
+
+def test_ppo_with_top_k_top_p_trains_with_finite_statistics():
+    """A token the updated policy's filter drops gets the floor log-prob (ratio ~0), never NaN."""
+    trainer, cfg = _filtered_trainer(steps=3)
+    history = trainer.train()
+    assert len(history) == 3
+    for stats in history:
+        for name in ("policy_loss", "value_loss", "policy_clipfrac", "approxkl", "entropy", "kl"):
+            assert math.isfinite(stats[name]), (name, stats)
+
+
 def test_adaptive_kl_coefficient_moves_towards_target():
     from tasks.ppo.trainer import PPOTrainer
 
@@ -301,30 +423,60 @@ def test_adaptive_kl_coefficient_moves_towards_target():
     def score(prompts, completions, ids):
         return torch.tensor([sum(t < half for t in x) / max(len(x), 1) for x in ids])
 
-    cfg = toy_cfg(steps=4, adaptive_kl=True, init_kl_coef=0.1, kl_target=1000.0, kl_horizon=100)
+    cfg = toy_cfg(steps=4, adaptive_kl=True, init_kl_coef=0.1, kl_target=1000.0)
+    assert cfg.kl_horizon_episodes() == 16  # the default: a tenth of the run, at least one batch
     history = PPOTrainer(cfg, policy, tok, value, score, PROMPTS).train()
-    coefs = [h["kl_coef"] for h in history]  # KL far below target: each step shrinks by 1 - 0.2 * 16/100
-    assert coefs == pytest.approx([0.1 * (1 - 0.2 * 16 / 100) ** i for i in range(4)])
+    coefs = [h["kl_coef"] for h in history]  # KL far below target: each step shrinks by 1 - 0.2 * 16/16
+    assert coefs == pytest.approx([0.1 * 0.8**i for i in range(4)])
 
 
 # ---- the stage, end to end on tiny real model folders -------------------------------------------
 
 
-def _prompt_rows(n: int, offset: int = 0) -> list[dict]:
+def _prompt_rows(n: int, offset: int = 0, verb: str = "Explain") -> list[dict]:
     return [
         {
             "id": f"p{i}",
             "module": f"mod{i % 5}",
-            "prompt": [{"role": "user", "content": f"Explain the function f{i} in module mod{i % 5}."}],
+            "prompt": [{"role": "user", "content": f"{verb} the function f{i} in module mod{i % 5}."}],
             "completion": [{"role": "assistant", "content": f"It returns the sum of item {i}."}],
         }
         for i in range(offset, offset + n)
     ]
 
 
+def _pair_rows(n: int) -> list[dict]:
+    """Preference pairs as align_data writes them (the reward model's role)."""
+    return [
+        {
+            **{k: v for k, v in row.items() if k != "completion"},
+            "chosen": row["completion"],
+            "rejected": [{"role": "assistant", "content": "Return a list."}],
+            "rejected_kind": "generic",
+        }
+        for row in _prompt_rows(n, offset=200)
+    ]
+
+
+def _write_align_data(folder: Path, with_ppo_prompts: bool):
+    """An align_data folder: SFT rows, the reward model's pairs and (the current format) the prompts of the
+    `ppo` role, worded "Describe ..." so a test can tell them from the SFT prompts ("Explain ...")."""
+    from tasks.common.alignment import PPO_PROMPTS, PREF_FILES, SFT_FILES
+    from tasks.common.jsonl import write_jsonl
+    from tests.helpers import seal
+
+    files = {SFT_FILES["train"]: _prompt_rows(24), SFT_FILES["eval"]: _prompt_rows(8, offset=100)}
+    files[PREF_FILES["train"]] = _pair_rows(16)
+    if with_ppo_prompts:
+        files[PPO_PROMPTS] = _prompt_rows(16, offset=300, verb="Describe")
+    for name, rows in files.items():
+        write_jsonl(folder / name, rows)
+    return seal(folder, "align_data")
+
+
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> dict:
-    """Finished sft / reward / align_data folders holding tiny real models and prompts."""
+    """Finished sft / reward / align_data folders holding tiny real models, prompts and pairs."""
     from transformers import LlamaForSequenceClassification
 
     from tasks.common.models import save_model_folder
@@ -338,15 +490,18 @@ def upstream(tmp_path_factory) -> dict:
     rm_config = type(policy.config)(**{**policy.config.to_dict(), "num_labels": 1})
     torch.manual_seed(1)
     save_model_folder(LlamaForSequenceClassification(rm_config), tok, root / "reward" / "model")
-    (root / "align" / "sft").mkdir(parents=True)
-    for name, rows in (("train", _prompt_rows(24)), ("eval", _prompt_rows(8, offset=100))):
-        with open(root / "align" / "sft" / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
     return {
         "sft": seal(root / "sft", "sft"),
         "reward": seal(root / "reward", "reward"),
-        "align_data": seal(root / "align", "align_data"),
+        "align_data": _write_align_data(root / "align", with_ppo_prompts=True),
     }
+
+
+@pytest.fixture(scope="module")
+def legacy_upstream(upstream, tmp_path_factory) -> dict:
+    """The same, with an align_data folder from before the `ppo` role (no PPO_PROMPTS file)."""
+    folder = tmp_path_factory.mktemp("ppo-legacy-align")
+    return {**upstream, "align_data": _write_align_data(folder, with_ppo_prompts=False)}
 
 
 def test_reward_scorer_reads_the_rendered_conversation(upstream):
@@ -417,13 +572,59 @@ def _check_outputs(out: Path, report, upstream) -> None:
     assert tok.chat_template
 
 
+def _sampled_prompts(rec: Recorder) -> list[str]:
+    return [p for name, t in rec.table_data.items() if name.startswith("ppo/samples/") for p in t["prompt"]]
+
+
 def test_stage_ppo_writes_adapter_and_merged_model(upstream, tmp_path):
+    """...trained on the prompts of the `ppo` role, which neither reward model has seen."""
     from tasks.ppo import ppo
 
-    report = ppo(stage_cfg(), upstream, tmp_path, MetricLogger())
+    rec = Recorder()
+    report = ppo(stage_cfg(sample_every=1), upstream, tmp_path, rec)
     _check_outputs(tmp_path, report, upstream)
     assert report.extra["algorithm"] == "ppo"
     assert (tmp_path / "eval_samples.json").exists()
+    prompts = _sampled_prompts(rec)
+    assert prompts and all("Describe the function" in p for p in prompts), prompts
+
+
+def test_align_data_without_ppo_prompts_falls_back_to_sft_prompts_with_a_warning(
+    legacy_upstream, tmp_path, caplog
+):
+    from tasks.ppo import ppo
+    from tasks.ppo.stage import training_prompts
+
+    with caplog.at_level("WARNING", logger="tasks.ppo.stage"):
+        prompts = training_prompts(legacy_upstream["align_data"])
+    assert [p[-1]["content"] for p in prompts] == [r["prompt"][-1]["content"] for r in _prompt_rows(24)]
+    assert "has no ppo/prompts.jsonl" in caplog.text and "sft/train.jsonl" in caplog.text
+
+    rec = Recorder()
+    ppo(stage_cfg(steps=1, sample_every=1), legacy_upstream, tmp_path, rec)
+    prompts = _sampled_prompts(rec)
+    assert prompts and all("Explain the function" in p for p in prompts), prompts
+
+
+def test_stage_dpo_trains_on_the_reward_model_pairs_and_writes_the_same_layout(upstream, tmp_path):
+    """DPO (trl, LoRA on the SFT model, reference = adapter off) on the reward model's training pairs: the
+    same outputs and report keys as PPO (so the gate and evaluate read it alike), and it learns the pairs:
+    the implicit reward margin chosen - rejected grows and the DPO loss falls below log 2."""
+    from tasks.ppo import ppo
+
+    rec = Recorder()
+    cfg = stage_cfg(algorithm="dpo", learning_rate=1e-2, dpo_epochs=2, log_every=1)
+    report = ppo(cfg, upstream, tmp_path, rec)
+    _check_outputs(tmp_path, report, upstream)
+    assert report.extra["algorithm"] == "dpo"
+    assert (
+        report.counts["train_pairs"] == 16 and report.counts["steps"] == 2 * 16 // 4
+    )  # epochs x pairs / mini
+    logged = {k for _, m in rec.metrics for k in m}
+    assert {"dpo/train/loss", "dpo/train/rewards/margins", "dpo/train/rewards/accuracies"} <= logged, logged
+    m = report.metrics
+    assert m["train_loss_last"] < math.log(2) and m["train_margin_last"] > m["train_margin_first"], m
+    assert m["kl_ref_eval"] > 0  # the adapter moved the policy away from the reference
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])

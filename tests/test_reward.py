@@ -1,4 +1,5 @@
-"""reward: learns to rank right answers above wrong ones, exact batched scoring, output reloads, gate."""
+"""reward: learns to rank right answers above wrong ones, on-policy negatives, exact batched scoring, the
+generic-answer check, output reloads, gate."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ import random
 import pytest
 
 from conf.reward import RewardConfig
+from tasks.common import reward_model
+from tasks.common.alignment import GENERIC_ANSWERS
 from tasks.common.artifacts import Manifest
-from tasks.common.jsonl import write_jsonl
+from tasks.common.jsonl import read_jsonl, write_jsonl
 from tasks.common.models import load_tokenizer
-from tasks.common.reward_model import load_reward_model, score_conversations
+from tasks.common.reward_model import (
+    evaluate_pairs,
+    load_reward_model,
+    prefers_reference_over_generic,
+    score_conversations,
+)
 from tasks.common.tracking import MetricLogger
-from tasks.reward import evaluate_pairs, gate, reward
+from tasks.reward import gate, reward
 from tests.helpers import seal
 from tests.tiny_models import single_thread, tiny_lm_folder
 
@@ -59,7 +67,15 @@ def upstream(tmp_path_factory):
 
 
 def test_reward_model_ranks_right_above_wrong_and_reloads(upstream, tmp_path):
-    cfg = RewardConfig(epochs=2, batch_size=8, learning_rate=2e-3, logging_steps=4, max_eval_samples=16)
+    cfg = RewardConfig(
+        epochs=2,
+        batch_size=8,
+        learning_rate=2e-3,
+        logging_steps=4,
+        max_eval_samples=16,
+        on_policy_prompts=0,
+        on_policy_eval_prompts=0,
+    )
     report = reward(cfg, upstream, tmp_path, MetricLogger())
     m = report.metrics
     assert m["eval_accuracy"] >= 0.9 and m["eval_accuracy"] > m["eval_accuracy_before"] + 0.2
@@ -79,6 +95,40 @@ def test_reward_model_ranks_right_above_wrong_and_reloads(upstream, tmp_path):
         m["eval_margin"], abs=1e-4
     )
     assert gate(cfg, _manifest(report.metrics)) is None
+    assert 0 <= m["prefers_reference_over_generic"] <= 1 and read_jsonl(tmp_path / "on_policy.jsonl") == []
+
+
+def test_on_policy_negatives_are_sft_answers_in_a_balanced_share(upstream, tmp_path):
+    cfg = RewardConfig(max_steps=2, batch_size=8, on_policy_eval_prompts=10, on_policy_max_new_tokens=12)
+    report = reward(cfg, upstream, tmp_path, MetricLogger())
+    rows = read_jsonl(tmp_path / "on_policy.jsonl")
+    train = [r for r in rows if r["split"] == "train"]
+    evals = [r for r in rows if r["split"] == "eval"]
+    # one align_data kind with 96 pairs: as many on-policy pairs (less empty or near-copy answers)
+    assert 80 <= len(train) <= 96 and len(evals) <= 10
+    assert report.counts["on_policy_train_pairs"] == len(train)
+    assert report.counts["train_pairs"] == 96 + len(train) and report.counts["eval_pairs"] == 32 + len(evals)
+    assert {r["rejected_kind"] for r in rows} == {"on_policy"} and all(
+        r["rejected"][0]["content"] for r in rows
+    )
+    prompts = {r["id"]: r for r in toy_prefs(96, seed=1)}
+    assert all(
+        r["prompt"] == prompts[r["id"]]["prompt"] and r["chosen"] == prompts[r["id"]]["chosen"] for r in train
+    )
+    assert "eval_accuracy_on_policy" in report.metrics and "eval_accuracy_shuffled_words" in report.metrics
+    again = reward(cfg, upstream, tmp_path / "again", MetricLogger())  # seeded: the same samples
+    assert read_jsonl(tmp_path / "again" / "on_policy.jsonl") == rows and again.counts == report.counts
+
+
+def test_prefers_reference_over_generic_counts_prompts_won(monkeypatch):
+    def by_length(model, tok, convs, batch_size=32, max_length=None):  # a reward model that likes length
+        return [float(len(c[-1]["content"])) for c in convs], 0
+
+    monkeypatch.setattr(reward_model, "score_conversations", by_length)
+    longest = max(map(len, GENERIC_ANSWERS))
+    prompts = [[{"role": "user", "content": "Q"}]] * 4
+    refs = ["x" * (longest + 1), "y" * (longest + 5), "short", "x" * longest]
+    assert prefers_reference_over_generic(None, None, prompts, refs) == 0.5  # ties do not count
 
 
 def test_batched_scores_equal_one_at_a_time(upstream):

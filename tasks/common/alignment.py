@@ -18,9 +18,22 @@ Rows (all JSONL, conversational, trl's formats plus bookkeeping fields):
 - SFT:  `{id, module, prompt: [msgs], completion: [msgs]}`
 - prefs: `{id, module, prompt: [msgs], chosen: [msgs], rejected: [msgs], rejected_kind}`
 - PPO prompts: like SFT rows (the completion is the reference answer, used for reference-based scores).
+
+A prompt may have several preference rows (one per rejected kind, same `id`): `align_data` writes
+`align_data.rejected_per_prompt` rejected answers per `rm`/`judge` prompt and one per kind per `eval`
+prompt. Rows are written in a seeded hash order, so the first N rows of a file are a random sample.
 """
 
 from __future__ import annotations
+
+# The roles, in the order `align_data` fills them (see above); a module's role is its top-level package's.
+ROLES = ("eval", "rm", "judge", "ppo")
+
+
+def top_package(module: str) -> str:
+    """The top-level package of a dotted module name (`email.mime.text` -> `email`): the unit of the split."""
+    return module.split(".", 1)[0]
+
 
 # Prompt/completion rows (trl's prompt-completion format), by split.
 SFT_FILES = {"train": "sft/train.jsonl", "eval": "sft/eval.jsonl"}

@@ -91,6 +91,26 @@ def generation_config(
     )
 
 
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """`logits` (already divided by the temperature) as `generate` samples from them: top-k, then top-p,
+    everything filtered out set to -inf.
+
+    Uses transformers' own warpers, in `generate`'s order, so a policy-gradient method that stores the
+    log-probs of sampled tokens gets those of the distribution the tokens really came from (the
+    behaviour policy), not of the unfiltered one. `top_k=0` and `top_p=1.0` are off, as in `generate`.
+    """
+    if not top_k and top_p >= 1.0:
+        return logits
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    flat = logits.reshape(-1, logits.shape[-1])  # the warpers work on [N, V]; input_ids go unused
+    if top_k:
+        flat = TopKLogitsWarper(top_k=top_k)(None, flat)
+    if top_p < 1.0:
+        flat = TopPLogitsWarper(top_p=top_p)(None, flat)
+    return flat.reshape(logits.shape)
+
+
 @torch.no_grad()
 def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: Any) -> torch.Tensor:
     """New tokens [B, <= max_new_tokens] for a left-padded batch, everything after the first EOS set to pad.

@@ -1,6 +1,6 @@
-"""Reward-model loading and scoring, written once: the reward stage (its held-out accuracy), PPO (the
-reward of each rollout) and the evaluate stage (win rate, accuracy) must read the same number for the
-same conversation, or a gain measured in one would not be the gain trained for in the other.
+"""Reward-model loading and scoring, written once: the reward and judge stages (their held-out accuracy),
+PPO (the reward of each rollout) and the evaluate stage (win rate, accuracy) must read the same number
+for the same conversation, or a gain measured in one would not be the gain trained for in the other.
 
 A conversation is rendered with the chat template exactly as trl's `RewardTrainer` renders its training
 pairs (so an answer ends with EOS), and the reward is the score head's output at the last real token.
@@ -9,12 +9,14 @@ pairs (so an answer ends with EOS), and the reward is the score head's output at
 from __future__ import annotations
 
 import contextlib
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tasks.common.alignment import GENERIC_ANSWERS
 from tasks.common.generation import Messages
 
 
@@ -90,6 +92,54 @@ def score_conversations(
 def with_answers(prompts: Sequence[Messages], answers: Sequence[str]) -> list[Messages]:
     """Each prompt followed by its answer as the assistant's turn: what the reward model reads."""
     return [list(p) + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
+
+
+def evaluate_pairs(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> dict[str, float]:
+    """Accuracy (chosen scored above rejected), mean margin and rewards, and accuracy per `rejected_kind`
+    (`accuracy_<kind>`) of preference rows."""
+    convs = [r["prompt"] + r["chosen"] for r in records] + [r["prompt"] + r["rejected"] for r in records]
+    scores, truncated = score_conversations(model, tokenizer, convs, batch_size, max_length)
+    n = len(records)
+    margins = [scores[i] - scores[n + i] for i in range(n)]
+    out = {
+        "accuracy": sum(m > 0 for m in margins) / n,
+        "margin": sum(margins) / n,
+        "reward_chosen": sum(scores[:n]) / n,
+        "reward_rejected": sum(scores[n:]) / n,
+        "pairs": float(n),
+        "truncated": float(truncated),
+    }
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for r, m in zip(records, margins, strict=True):
+        by_kind[r.get("rejected_kind") or "unknown"].append(m)
+    for kind, ms in sorted(by_kind.items()):
+        out[f"accuracy_{kind}"] = sum(m > 0 for m in ms) / len(ms)
+    return out
+
+
+def prefers_reference_over_generic(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Messages],
+    references: Sequence[str],
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> float:
+    """Share of prompts where the reference answer scores above the best-scoring stock answer
+    (`GENERIC_ANSWERS`): a reward model below ~1 would pay a policy for saying nothing."""
+    k = len(GENERIC_ANSWERS)
+    convs = []
+    for prompt, reference in zip(prompts, references, strict=True):
+        convs += with_answers([prompt] * (k + 1), [reference, *GENERIC_ANSWERS])
+    scores, _ = score_conversations(model, tokenizer, convs, batch_size, max_length)
+    rows = [scores[i : i + k + 1] for i in range(0, len(scores), k + 1)]
+    return sum(row[0] > max(row[1:]) for row in rows) / max(len(rows), 1)
 
 
 class RewardModelScorer:

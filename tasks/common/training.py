@@ -1,4 +1,4 @@
-"""What the trl-based training stages (sft, reward, and ppo's GRPO/RLOO) share: the trainer arguments
+"""What the trl-based training stages (sft, reward, judge, and ppo's GRPO/RLOO) share: the trainer arguments
 every stage pins, our `TrainLoop` config as trainer arguments, the LoRA adapter, records as a dataset,
 and the pieces of bookkeeping around `trainer.train()`.
 
@@ -99,12 +99,18 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: str | list[s
 def load_records(manifest: Manifest, name: str, limit: int | None, columns: list[str]) -> Any:
     """One of align_data's JSONL files as a `datasets.Dataset` with only `columns` (first `limit` rows);
     None when the file holds no rows."""
-    from datasets import Dataset
-
     rows = read_jsonl(manifest.file(name))
     if limit:
         rows = rows[:limit]
-    return Dataset.from_list([{c: r[c] for c in columns} for r in rows]) if rows else None
+    return records_dataset(rows, columns) if rows else None
+
+
+def records_dataset(rows: list[dict[str, Any]], columns: list[str]) -> Any:
+    """Rows as a `datasets.Dataset` with only `columns` (what a trl trainer reads; bookkeeping fields
+    such as `rejected_kind` stay out)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{c: r[c] for c in columns} for r in rows])
 
 
 def warn_if_longer_than_trained(model: Any, max_length: int, section: str) -> None:

@@ -151,3 +151,39 @@ def lm_eval_task_manager(cfg):
             "a YAML that fails to parse is skipped)"
         )
     return manager
+
+
+def independent_plot(folder: Path, metrics: dict[str, float], judge_rewards: dict[str, list[float]]) -> Path:
+    """`independent.png`: what no policy optimised against: the judge's rewards per policy, the reference
+    scores beside the best constant answer, and the distinct-response rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [n for n in ("base", "sft", "ppo") if f"eval/distinct_{n}" in metrics]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    axes[0].hist([judge_rewards[n] for n in names], bins=15, label=names)
+    ci = [
+        metrics.get(f"eval/judge_win_rate_ppo_vs_sft{s}", float("nan")) for s in ("", "_ci_low", "_ci_high")
+    ]
+    axes[0].set_title(f"judge reward (PPO win rate {ci[0]:.2f} [{ci[1]:.2f}, {ci[2]:.2f}])")
+    axes[0].legend()
+    bars = [*names, "constant"]
+    for offset, score in ((-0.2, "rouge_l"), (0.2, "token_f1")):
+        values = [metrics.get(f"eval/{score}_{n}", float("nan")) for n in bars]
+        axes[1].bar([i + offset for i in range(len(bars))], values, width=0.4, label=score)
+    axes[1].set_xticks(range(len(bars)), bars)
+    axes[1].set_title("reference scores vs the best constant answer")
+    axes[1].legend()
+    axes[2].bar(names, [metrics[f"eval/distinct_{n}"] for n in names], label="distinct answers / prompts")
+    axes[2].plot(names, [metrics[f"eval/distinct2_{n}"] for n in names], "ko-", label="distinct-2")
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_title("diversity of greedy answers")
+    axes[2].legend()
+    fig.tight_layout()
+    path = folder / "independent.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,19 +1,20 @@
 """The body of the `evaluate` stage (see the package docstring for what it measures), one step a function:
-perplexity of each model (and its sample generations), SFT's and PPO's answers to the eval prompts with
-the KL between the two policies, the reward model's judgement, then the files.
+perplexity of each model (and its sample generations), each policy's answers to a stratified sample of
+held-out prompts with the KL between PPO and SFT, the reference-based scores beside the best constant
+answer, the verdicts of the policy's reward model and of the independent judge (`judging.py`), then the
+files. What the steps hand each other is in `records.py`.
 
 Models are loaded one at a time and dropped when their step is done, so the stage needs the memory of
-two policies at most, and the reward model only after them.
+the policies being compared at most, and each reward model only after them.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
+import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,54 +22,29 @@ import numpy as np
 import torch
 
 from conf.evaluate import EvaluateConfig
-from tasks.common.alignment import PREF_FILES, SFT_FILES
+from tasks.common.alignment import GENERIC_ANSWERS, PREF_FILES, SFT_FILES
 from tasks.common.artifacts import Manifest
 from tasks.common.generation import chat_prompt_ids, generate_batched
-from tasks.common.jsonl import iter_jsonl, write_jsonl
+from tasks.common.jsonl import read_jsonl, write_jsonl
 from tasks.common.models import device, load_causal_lm, load_tokenizer, model_dir, tokenizer_dir
-from tasks.common.reward_model import RewardModelScorer, load_reward_model, with_answers
 from tasks.common.stage import StageReport
 from tasks.common.tokens import INDEX_FILE, open_split
 from tasks.common.tracking import MetricLogger
-from tasks.evaluate import INPUTS, MODELS, lm, report
+from tasks.evaluate import INPUTS, MODELS, lm, report, scores
+from tasks.evaluate.judging import alignment_metrics, judge, judge_metrics
+from tasks.evaluate.records import (
+    CONSTANT,
+    Answers,
+    EvalData,
+    Judgement,
+    References,
+    content,
+    interval,
+    mean,
+    package,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalData:
-    """The held-out rows of align_data this stage reads."""
-
-    prompts_path: Path
-    rows: list[dict]  # sft/eval.jsonl: prompt + reference completion
-    pairs: list[dict]  # prefs/eval.jsonl: prompt + chosen + rejected
-    sample_prompts: list[str]  # the decoding table's prompts
-
-    def prompt_texts(self) -> list[str]:
-        return [content(r["prompt"], self.prompts_path, "prompt") for r in self.rows]
-
-    def references(self) -> list[str]:
-        return [content(r["completion"], self.prompts_path, "completion") for r in self.rows]
-
-
-@dataclass
-class Answers:
-    """SFT's and PPO's greedy answers to the eval prompts (token ids and text, by model name), their
-    ROUGE-L against the references, and the per-response log PPO - log SFT of the KL estimate."""
-
-    tokens: dict[str, list[list[int]]]
-    texts: dict[str, list[str]]
-    rouges: dict[str, list[float]]
-    kls: list[float]
-
-
-@dataclass
-class Judgement:
-    """Reward-model scores: of each model's answers (by model name) and of the held-out pairs."""
-
-    rewards: dict[str, list[float]]
-    chosen: list[float]
-    rejected: list[float]
 
 
 def run(cfg: EvaluateConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
@@ -80,21 +56,33 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Manifest], out: Path, log_: Metri
     paths = {name: model_dir(inputs[stage]) for name, stage in MODELS.items()}
     metrics, counts, samples, policies = measure_models(cfg, paths, tokens, val_tok, data.sample_prompts)
     answers = answer_prompts(cfg, policies, paths, data)
-    del policies  # the reward model loads next
-    judged = judge(cfg, model_dir(inputs["reward"]), data, answers)
-    metrics.update(alignment_metrics(answers, judged))
+    del policies  # the reward models load next
+    refs = reference_scores(cfg, data, answers)
+    constant = refs.constants["rouge_l"].text
+    judged = judge(cfg, model_dir(inputs["reward"]), data, answers, constant)
+    independent = judge(cfg, model_dir(inputs["judge"]), data, answers, constant)
+    metrics.update(alignment_metrics(data, answers, judged))
+    metrics.update(judge_metrics(cfg, independent))
+    metrics.update(reference_metrics(cfg, refs))
+    metrics.update(diversity_metrics(answers))
+    metrics["eval/ppl_ratio_ppo_sft"] = metrics["eval/ppl_ppo"] / metrics["eval/ppl_sft"]
     check_finite(metrics, paths)
     counts.update(
         {
             "eval_prompts": len(data.rows),
+            "eval_prompts_available": data.available,
+            "eval_packages": len({package(r) for r in data.rows}),
             "pref_pairs": len(data.pairs),
+            "constant_train_rows": len(data.train_answers),
+            "constant_candidates": refs.constants["rouge_l"].candidates,
             "kl_samples": len(answers.kls),
             "sample_generations": len(samples),
         }
     )
     if cfg.lm_eval_tasks:
         metrics.update(report.run_lm_eval(cfg, {m: paths[m] for m in cfg.lm_eval_models}, str(device())))
-    write_outputs(cfg, out, log_, metrics, response_rows(data, answers, judged), samples, answers, judged)
+    rows = response_rows(data, answers, refs, judged, independent)
+    write_outputs(cfg, out, log_, metrics, rows, samples, answers, judged, independent)
     log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return StageReport(
         counts=counts,
@@ -104,6 +92,9 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Manifest], out: Path, log_: Metri
             "seconds_measured": round(time.perf_counter() - started, 3),
             "sample_prompts": data.sample_prompts,
             "decodings": list(cfg.decodings),
+            "policies": list(answers.texts),
+            "constant_answers": {s: c.text for s, c in refs.constants.items()},
+            "judges": {"reward": str(model_dir(inputs["reward"])), "judge": str(model_dir(inputs["judge"]))},
         },
     )
 
@@ -121,27 +112,53 @@ def check_inputs(cfg: EvaluateConfig, inputs: dict[str, Manifest]) -> None:
         report.lm_eval_include_folder(cfg)
 
 
-def read_rows(path: Path, limit: int) -> list[dict]:
-    """The first `limit` records of a held-out JSONL file; an empty file is an upstream error."""
-    rows = [rec for _, rec in itertools.islice(iter_jsonl(path), limit)]
+def read_rows(path: Path) -> list[dict]:
+    """Every record of a JSONL file of align_data; an empty file is an upstream error."""
+    rows: list[dict] = read_jsonl(path)
     if not rows:
-        raise ValueError(f"{path} is empty: the align_data stage produced no held-out examples")
+        raise ValueError(f"{path} is empty: the align_data stage produced no examples")
     return rows
 
 
-def content(messages: list[dict], path: Path, key: str) -> str:
-    """The text of the last chat message of a row's field (`prompt`, `completion`), checked."""
-    if not isinstance(messages, list) or not messages or "content" not in messages[-1]:
-        raise ValueError(f"{path}: field {key!r} must be a list of chat messages, got {messages!r:.80}")
-    return messages[-1]["content"]
+def sample_prompts(cfg: EvaluateConfig, path: Path) -> tuple[list[dict], int]:
+    """(sampled rows, rows available): a seeded sample stratified by package, so no package's share of
+    the file decides the numbers by where it happens to sit in it."""
+    rows = read_rows(path)
+    if len(rows) < cfg.max_prompts:
+        log.warning(
+            "evaluate: %s holds %d held-out prompts, fewer than evaluate.max_prompts=%d: using all of them "
+            "(win-rate intervals widen)",
+            path,
+            len(rows),
+            cfg.max_prompts,
+        )
+    picked = scores.stratified_sample([package(r) for r in rows], cfg.max_prompts, cfg.seed)
+    return [rows[i] for i in picked], len(rows)
+
+
+def sample_pairs(cfg: EvaluateConfig, path: Path) -> list[dict]:
+    """Held-out preference pairs, stratified by how the rejected answer was made (every kind stays in)."""
+    rows = read_rows(path)
+    kinds = [str(r.get("rejected_kind") or "unknown") for r in rows]
+    return [rows[i] for i in scores.stratified_sample(kinds, cfg.max_pref_pairs, cfg.seed)]
+
+
+def train_answers(cfg: EvaluateConfig, path: Path) -> list[str]:
+    """A seeded sample of the training split's reference answers: what the constant answer is chosen on
+    (never the held-out references it is then scored against)."""
+    answers = [content(r["completion"], path, "completion") for r in read_rows(path)]
+    if len(answers) <= cfg.constant_train_rows:
+        return answers
+    return random.Random(cfg.seed).sample(answers, cfg.constant_train_rows)
 
 
 def read_eval_data(cfg: EvaluateConfig, align: Manifest) -> EvalData:
     prompts_path = align.file(SFT_FILES["eval"])
-    rows = read_rows(prompts_path, cfg.max_prompts)
-    pairs = read_rows(align.file(PREF_FILES["eval"]), cfg.max_pref_pairs)
-    sample_prompts = cfg.sample_prompts or [content(r["prompt"], prompts_path, "prompt") for r in rows[:3]]
-    return EvalData(prompts_path, rows, pairs, sample_prompts)
+    rows, available = sample_prompts(cfg, prompts_path)
+    pairs = sample_pairs(cfg, align.file(PREF_FILES["eval"]))
+    train = train_answers(cfg, align.file(SFT_FILES["train"]))
+    shown = cfg.sample_prompts or [content(r["prompt"], prompts_path, "prompt") for r in rows[:3]]
+    return EvalData(prompts_path, rows, available, pairs, train, shown)
 
 
 def read_val_tokens(tok_stage: Manifest) -> tuple[np.ndarray, Any]:
@@ -159,11 +176,16 @@ def read_val_tokens(tok_stage: Manifest) -> tuple[np.ndarray, Any]:
 # --- perplexity and sample generations, one model at a time ----------------------------------------------
 
 
+def answering(cfg: EvaluateConfig) -> list[str]:
+    """The models that answer the held-out prompts: SFT and PPO, and the base model when asked."""
+    return ["base", "sft", "ppo"] if cfg.include_base else ["sft", "ppo"]
+
+
 def measure_models(
     cfg: EvaluateConfig, paths: dict[str, Path], tokens: np.ndarray, val_tok: Any, sample_prompts: list[str]
 ) -> tuple[dict[str, float], dict[str, int], list[dict], dict[str, tuple]]:
-    """(metrics, counts, sample generations, {"sft"/"ppo": (model, tokenizer)}): perplexity and bits per
-    byte of every model, its decoding table if asked for; SFT and PPO stay loaded for the answers."""
+    """(metrics, counts, sample generations, {model: (model, tokenizer)}): perplexity and bits per byte
+    of every model, its decoding table if asked for; the answering models stay loaded for the answers."""
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
     samples: list[dict] = []
@@ -174,7 +196,7 @@ def measure_models(
         metrics[f"eval/ppl_{name}"], metrics[f"eval/bpb_{name}"] = ppl, bpb
         if name in cfg.sample_models:
             samples += sample_generations(cfg, name, model, tok, sample_prompts)
-        if name != "base":  # the base model is done; SFT and PPO answer the eval prompts next
+        if name in answering(cfg):
             policies[name] = (model, tok)
         del model
     return metrics, counts, samples, policies
@@ -199,12 +221,16 @@ def perplexity(
     return ppl, bpb, {"val_tokens": int(windows[:, 1:].size), "val_bytes": int(n_bytes)}
 
 
+def prompt_ids(cfg: EvaluateConfig, name: str, tok: Any, prompt: str) -> list[int]:
+    """The pretrained model never saw the chat format: it gets the raw text; the policies a chat prompt."""
+    if name == "base":
+        return lm.text_prompt_ids(tok, prompt, cfg.max_prompt_tokens)
+    return chat_prompt_ids(tok, [{"role": "user", "content": prompt}], cfg.max_prompt_tokens)
+
+
 def sample_generations(cfg: EvaluateConfig, name: str, model, tok, prompts: list[str]) -> list[dict]:
     """The fixed prompts under each decoding strategy: one row per (model, decoding, prompt)."""
-    if name == "base":  # the pretrained model never saw the chat format: give it the raw text
-        ids = [lm.text_prompt_ids(tok, p, cfg.max_prompt_tokens) for p in prompts]
-    else:
-        ids = [chat_prompt_ids(tok, [{"role": "user", "content": p}], cfg.max_prompt_tokens) for p in prompts]
+    ids = [prompt_ids(cfg, name, tok, p) for p in prompts]
     rows = []
     for decoding in cfg.decodings:
         gen = lm.decoding_config(
@@ -232,30 +258,28 @@ def sample_generations(cfg: EvaluateConfig, name: str, model, tok, prompts: list
     return rows
 
 
-# --- SFT and PPO on the eval prompts ---------------------------------------------------------------------
+# --- the policies on the held-out prompts ----------------------------------------------------------------
 
 
 def answer_prompts(
     cfg: EvaluateConfig, policies: dict[str, tuple], paths: dict[str, Path], data: EvalData
 ) -> Answers:
-    """Greedy answers of SFT and PPO to the eval prompts, their ROUGE-L, and the KL(PPO || SFT) sample."""
+    """Greedy answers of every answering model to the sampled prompts, and the KL(PPO || SFT) sample."""
     (sft, sft_tok), (ppo, ppo_tok) = policies["sft"], policies["ppo"]
     if len(sft_tok) != len(ppo_tok) or sft_tok.eos_token_id != ppo_tok.eos_token_id:
         raise ValueError(
             f"the SFT ({paths['sft']}) and PPO ({paths['ppo']}) tokenizers differ: PPO must start from SFT"
         )
-    prompt_ids = [chat_prompt_ids(sft_tok, r["prompt"], cfg.max_prompt_tokens) for r in data.rows]
-    greedy = lm.decoding_config("greedy", sft_tok, cfg.max_new_tokens)
-    tokens = {
-        name: generate_batched(m, prompt_ids, greedy, cfg.batch_size)
-        for name, m in (("sft", sft), ("ppo", ppo))
-    }
-    texts = {name: [lm.response_text(sft_tok, ids) for ids in r] for name, r in tokens.items()}
-    references = data.references()
-    rouge = lm.Rouge()
-    rouges = {name: [rouge(ref, t) for ref, t in zip(references, texts[name], strict=True)] for name in texts}
-    kls = kl_ppo_sft(cfg, sft, ppo, sft_tok, prompt_ids, tokens["ppo"])
-    return Answers(tokens, texts, rouges, kls)
+    chat_ids = [chat_prompt_ids(sft_tok, r["prompt"], cfg.max_prompt_tokens) for r in data.rows]
+    tokens: dict[str, list[list[int]]] = {}
+    texts: dict[str, list[str]] = {}
+    for name, (model, tok) in policies.items():
+        ids = [prompt_ids(cfg, name, tok, p) for p in data.prompt_texts()] if name == "base" else chat_ids
+        greedy = lm.decoding_config("greedy", tok, cfg.max_new_tokens)
+        tokens[name] = generate_batched(model, ids, greedy, cfg.batch_size)
+        texts[name] = [lm.response_text(tok, r) for r in tokens[name]]
+    kls = kl_ppo_sft(cfg, sft, ppo, sft_tok, chat_ids, tokens["ppo"])
+    return Answers(tokens, texts, kls)
 
 
 def kl_ppo_sft(
@@ -276,40 +300,58 @@ def kl_ppo_sft(
     return [a - b for a, b in zip(lp_ppo, lp_sft, strict=True)]
 
 
-# --- the reward model's judgement ------------------------------------------------------------------------
+# --- reference-based scores and the best constant answer -------------------------------------------------
 
 
-def judge(cfg: EvaluateConfig, reward_dir: Path, data: EvalData, answers: Answers) -> Judgement:
-    """Reward-model scores of each model's answers and of the held-out chosen/rejected pairs, read as the
-    reward stage and PPO read them."""
-    tok = load_tokenizer(reward_dir)
-    model = load_reward_model(reward_dir, tok).to(device())
-    scorer = RewardModelScorer(model, tok, cfg.max_rm_tokens, cfg.batch_size)
-    prompts = [r["prompt"] for r in data.rows]
-    rewards = {name: scorer.score(with_answers(prompts, texts)) for name, texts in answers.texts.items()}
-    chosen = scorer.score([r["prompt"] + r["chosen"] for r in data.pairs])
-    rejected = scorer.score([r["prompt"] + r["rejected"] for r in data.pairs])
-    return Judgement(rewards, chosen, rejected)
+def choose_constants(cfg: EvaluateConfig, data: EvalData) -> dict[str, scores.ConstantAnswer]:
+    """Per reference score, the one answer that scores best on the training references: what a policy
+    that ignores its prompt could reach, and so the floor a real policy must clear."""
+    candidates = scores.constant_candidates(
+        GENERIC_ANSWERS, data.train_answers, cfg.constant_common, cfg.constant_sampled, cfg.seed
+    )
+    chosen = {s: scores.best_constant(s, candidates, data.train_answers) for s in scores.REFERENCE_SCORES}
+    for c in chosen.values():
+        log.info(
+            "evaluate: best constant answer for %s: %r (%.4f on training)", c.score, c.text, c.train_score
+        )
+    return chosen
 
 
-def alignment_metrics(answers: Answers, judged: Judgement) -> dict[str, float]:
-    """ROUGE, reward, PPO's win rate over SFT (ties count half), KL and reward-model accuracy."""
-    rewards, chosen, rejected = judged.rewards, judged.chosen, judged.rejected
-    wins = [
-        1.0 if p > s else 0.5 if p == s else 0.0 for p, s in zip(rewards["ppo"], rewards["sft"], strict=True)
-    ]
-    return {
-        "eval/rouge_l_sft": mean(answers.rouges["sft"]),
-        "eval/rouge_l_ppo": mean(answers.rouges["ppo"]),
-        "eval/rm_accuracy": mean([float(c > r) for c, r in zip(chosen, rejected, strict=True)]),
-        "eval/reward_sft": mean(rewards["sft"]),
-        "eval/reward_ppo": mean(rewards["ppo"]),
-        "eval/win_rate_ppo_vs_sft": mean(wins),
-        "eval/kl_ppo_sft": mean(answers.kls),
-        "eval/rm_margin": mean([c - r for c, r in zip(chosen, rejected, strict=True)]),
-        "eval/response_tokens_sft": mean([len(r) for r in answers.tokens["sft"]]),
-        "eval/response_tokens_ppo": mean([len(r) for r in answers.tokens["ppo"]]),
-    }
+def reference_scores(cfg: EvaluateConfig, data: EvalData, answers: Answers) -> References:
+    """ROUGE-L and token F1 of every policy's answers, and of each score's constant answer, per prompt."""
+    constants = choose_constants(cfg, data)
+    refs = data.references()
+    table: dict[str, dict[str, list[float]]] = {}
+    for score, constant in constants.items():
+        table[score] = {name: scores.score_all(score, refs, texts) for name, texts in answers.texts.items()}
+        table[score][CONSTANT] = scores.score_all(score, refs, [constant.text] * len(refs))
+    return References(constants, table)
+
+
+def reference_metrics(cfg: EvaluateConfig, refs: References) -> dict[str, float]:
+    """Mean scores per policy and for the constant answer; PPO's paired deltas over SFT and over the
+    constant answer, with bootstrap intervals."""
+    out: dict[str, float] = {}
+    for score, by_model in refs.scores.items():
+        out.update({f"eval/{score}_{name}": mean(values) for name, values in by_model.items()})
+        for other in ("sft", CONSTANT):
+            delta = scores.differences(by_model["ppo"], by_model[other])
+            out.update(interval(f"eval/{score}_delta_ppo_{other}", delta, cfg))
+    return out
+
+
+# --- diversity ------------------------------------------------------------------------------------------
+
+
+def diversity_metrics(answers: Answers) -> dict[str, float]:
+    """Distinct answers / prompts, distinct-2 and mean answer length per policy: a collapsed policy
+    answers most prompts with the same few tokens."""
+    out: dict[str, float] = {}
+    for name, texts in answers.texts.items():
+        out[f"eval/distinct_{name}"] = scores.distinct_rate(texts)
+        out[f"eval/distinct2_{name}"] = scores.distinct_n(texts, 2)
+        out[f"eval/response_tokens_{name}"] = mean([len(r) for r in answers.tokens[name]])
+    return out
 
 
 def check_finite(metrics: dict[str, float], paths: dict[str, Path]) -> None:
@@ -319,31 +361,32 @@ def check_finite(metrics: dict[str, float], paths: dict[str, Path]) -> None:
         raise FloatingPointError(f"evaluate produced non-finite metrics {bad}: check the models in {paths}")
 
 
-def mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
 # --- files and MLflow artifacts --------------------------------------------------------------------------
 
 
-def response_rows(data: EvalData, answers: Answers, judged: Judgement) -> list[dict]:
-    """One row per eval prompt: the prompt, the reference, both answers with their reward and ROUGE-L."""
-    texts, rewards, rouges = answers.texts, judged.rewards, answers.rouges
+def response_rows(
+    data: EvalData, answers: Answers, refs: References, judged: Judgement, independent: Judgement
+) -> list[dict]:
+    """One row per sampled prompt: prompt, reference, each policy's answer with its judge score, policy
+    reward-model score and reference scores."""
     prompts, references = data.prompt_texts(), data.references()
-    return [
-        {
+    rows = []
+    for i, r in enumerate(data.rows):
+        row: dict[str, Any] = {
             "id": r.get("id"),
+            "module": r.get("module"),
             "prompt": prompts[i],
             "reference": references[i],
-            "sft": texts["sft"][i],
-            "ppo": texts["ppo"][i],
-            "reward_sft": rewards["sft"][i],
-            "reward_ppo": rewards["ppo"][i],
-            "rouge_l_sft": rouges["sft"][i],
-            "rouge_l_ppo": rouges["ppo"][i],
         }
-        for i, r in enumerate(data.rows)
-    ]
+        for name, texts in answers.texts.items():
+            row[name] = texts[i]
+        for name in answers.texts:
+            row[f"judge_{name}"] = independent.rewards[name][i]
+            row[f"reward_{name}"] = judged.rewards[name][i]
+            for score, by_model in refs.scores.items():
+                row[f"{score}_{name}"] = by_model[name][i]
+        rows.append(row)
+    return rows
 
 
 def write_outputs(
@@ -355,6 +398,7 @@ def write_outputs(
     samples: list[dict],
     answers: Answers,
     judged: Judgement,
+    independent: Judgement,
 ) -> None:
     """`responses.jsonl`, `generations.jsonl`, `metrics.json` and the plots, also logged to MLflow."""
     write_jsonl(out / "responses.jsonl", rows)
@@ -364,5 +408,7 @@ def write_outputs(
     log_.log_table(report.columns(rows), "evaluate/responses.json")
     if cfg.plot:
         prefs = {"chosen": judged.chosen, "rejected": judged.rejected}
-        for path in report.plots(out / "plots", metrics, judged.rewards, prefs, answers.kls):
+        paths = report.plots(out / "plots", metrics, judged.rewards, prefs, answers.kls)
+        paths.append(report.independent_plot(out / "plots", metrics, independent.rewards))
+        for path in paths:
             log_.log_artifact(path, "evaluate/plots")

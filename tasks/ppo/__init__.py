@@ -1,4 +1,5 @@
-"""RLHF stage `ppo`: PPO on torch + transformers + peft (core math, rollouts, trainer), or trl's GRPO/RLOO."""
+"""Alignment stage `ppo`: PPO on torch + transformers + peft (core math, rollouts, trainer), trl's
+GRPO/RLOO, or DPO (tasks/ppo/dpo.py)."""
 
 from tasks.ppo.stage import STAGE_VERSION, gate, ppo
 

@@ -20,9 +20,11 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each position's token distribution ([B, T, V] -> [B, T])."""
+    """Entropy of each position's token distribution ([B, T, V] -> [B, T]); tokens filtered out by top-k /
+    top-p (logit -inf, probability 0) add nothing instead of 0 * -inf = NaN."""
     logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
 
 
 def kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.common.generation import Messages, chat_prompt_ids
+from tasks.common.generation import Messages, chat_prompt_ids, filter_logits
+from tasks.ppo import core
 
 # (prompts as chat messages, decoded completions, response token ids up to EOS) -> one score each
 ScoreFn = Callable[[list[Messages], list[str], list[list[int]]], torch.Tensor]
@@ -43,6 +44,25 @@ def response_logits(
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
     ctx = queries.shape[1]
     return logits[:, ctx - 1 : -1].float() / temperature
+
+
+# A sampled token that the current policy's top-k/top-p filter has since dropped has probability 0 (log-prob
+# -inf). Flooring it keeps the importance ratio exp(floor - old) ~ 0, with no gradient, instead of NaN from
+# -inf arithmetic; the floor is far below the log-prob of anything a policy samples (e^-50 ~ 2e-22).
+LOGPROB_FLOOR = -50.0
+
+
+def behaviour_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Log-probs [B, T] of `tokens` under the distribution the policy samples from: the temperature-scaled
+    `logits` filtered by top-k / top-p exactly as `generate` filters them; 0 on padding.
+
+    PPO's ratio pi_new / pi_old must compare the behaviour policy with itself: with the unfiltered
+    softmax the stored log-probs would belong to a distribution nothing was sampled from.
+    """
+    logprobs = core.logprobs_from_logits(filter_logits(logits, top_k, top_p), tokens)
+    return torch.where(mask.bool(), logprobs.clamp(min=LOGPROB_FLOOR), torch.zeros_like(logprobs))
 
 
 class TokenValueModel(torch.nn.Module):

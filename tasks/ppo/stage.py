@@ -1,8 +1,15 @@
-"""Stage `ppo`: RLHF of the SFT policy against the reward model, then a held-out comparison with SFT.
+"""Stage `ppo`: alignment of the SFT policy, then a held-out comparison with SFT.
 
 `algorithm: ppo` (default) runs our PPO trainer (tasks/ppo/trainer.py); `grpo` and `rloo` run trl's
 trainers with the same reward model, prompts, LoRA adapter and outputs, so the three compare in MLflow
-on the same metrics (`reward_ppo_eval`, `reward_gain`, `kl_ref_eval`, curves `ppo/score` ...).
+on the same metrics (`reward_ppo_eval`, `reward_gain`, `kl_ref_eval`, curves `ppo/score` ...). `dpo` runs
+trl's DPOTrainer on the pairs the reward model trained on (align_data's `rm` role), with the same LoRA
+adapter on the SFT model (reference = adapter off), and ends with the same held-out comparison and
+outputs, so the gate, `evaluate` and `make align-compare` treat all four alike.
+
+Prompts: the RL algorithms optimise on align_data's `ppo` role (`PPO_PROMPTS`), prompts neither reward
+model has seen; an align_data folder from before that role falls back to the SFT training prompts, with a
+warning.
 
 Outputs: `adapter/` (the LoRA adapter + tokenizer), `model/` (merged policy + tokenizer),
 `metrics.json`, `eval_samples.json`.
@@ -23,7 +30,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from conf.ppo import PpoConfig
 from tasks.common import launch as torchrun
-from tasks.common.alignment import SFT_FILES
+from tasks.common.alignment import PPO_PROMPTS, SFT_FILES
 from tasks.common.artifacts import Manifest, read_manifest
 from tasks.common.generation import Messages
 from tasks.common.hf_callback import MetricLoggerCallback
@@ -34,10 +41,11 @@ from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger, MlflowLogger
 from tasks.common.training import lora_config as causal_lm_lora
 from tasks.common.training import trainer_args
+from tasks.ppo.dpo import load_pairs, train_dpo
 from tasks.ppo.trainer import PPOTrainer, heldout_eval, make_accelerator
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: prompts of the ppo role, top-k/top-p log-probs, lr/KL-horizon defaults, dpo
 REPORT_NAME = "metrics.json"
 
 
@@ -54,6 +62,24 @@ def read_prompts(manifest: Manifest, name: str) -> list[Messages]:
     if not prompts:
         raise ValueError(f"{path} holds no prompts; check the align_data stage")
     return prompts
+
+
+def training_prompts(manifest: Manifest) -> list[Messages]:
+    """The prompts the RL algorithms optimise on: align_data's `ppo` role, which neither reward model saw.
+
+    An align_data folder written before that role existed has no such file: its SFT training prompts are
+    used instead (the reward model has seen them, with their gold answers), and the run says so.
+    """
+    if PPO_PROMPTS in manifest.files:
+        return read_prompts(manifest, PPO_PROMPTS)
+    log.warning(
+        "align_data (%s) has no %s: training on the SFT prompts (%s) instead, which the reward model has "
+        "seen with their reference answers; rerun align_data for prompts of the ppo role",
+        manifest.path,
+        PPO_PROMPTS,
+        SFT_FILES["train"],
+    )
+    return read_prompts(manifest, SFT_FILES["train"])
 
 
 def check_same_vocab(policy_tok, reward_tok, sft_dir: Path, reward_dir: Path) -> None:
@@ -88,38 +114,56 @@ def ppo(cfg: PpoConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogg
 
 def train(cfg: PpoConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport | None:
     """Train in this process (one of several under torchrun); the main process writes the outputs."""
-    from peft import get_peft_model
-
     torch.manual_seed(cfg.seed)
-    sft_dir, reward_dir = model_dir(inputs["sft"]), model_dir(inputs["reward"])
-    tok, reward_tok = load_tokenizer(sft_dir), load_tokenizer(reward_dir)
+    tok = load_tokenizer(model_dir(inputs["sft"]))
     tok.padding_side = "left"
-    train_prompts = read_prompts(inputs["align_data"], SFT_FILES["train"])[: cfg.max_train_prompts]
     eval_prompts = read_prompts(inputs["align_data"], SFT_FILES["eval"])
-
     acc = make_accelerator()
+    reward_dir = model_dir(inputs["reward"])
+    reward_tok = load_tokenizer(reward_dir)
     reward_model = load_reward_model(reward_dir, reward_tok).requires_grad_(False).to(acc.device)
     scorer = RewardModelScorer(reward_model, reward_tok)
-    base = load_causal_lm(sft_dir)
+    policy, history, counts = align(cfg, inputs, tok, reward_model, reward_tok, scorer, acc, log_)
+    if policy is None:
+        return None
+    return finish(cfg, policy, tok, scorer, eval_prompts, history, counts, out, log_)
 
+
+def align(cfg: PpoConfig, inputs: dict[str, Manifest], tok, reward_model, reward_tok, scorer, acc, log_):
+    """A fresh LoRA adapter on the SFT model, trained by `cfg.algorithm`.
+
+    Returns (peft policy, history, counts) on the main process and (None, history, counts) on the others;
+    counts: optimizer steps (RL: rollout steps) and the training rows used.
+    """
+    base = load_causal_lm(model_dir(inputs["sft"]))
+    if cfg.algorithm == "dpo":
+        pairs = load_pairs(inputs["align_data"], cfg.max_train_prompts)
+        policy, history, steps = train_dpo(cfg, base, tok, pairs, lora_config(cfg), log_)
+        return policy, history, {"steps": steps, "train_pairs": len(pairs)}
+    prompts = training_prompts(inputs["align_data"])[: cfg.max_train_prompts]
     if cfg.algorithm == "ppo":
-        check_same_vocab(tok, reward_tok, sft_dir, reward_dir)
-        policy = get_peft_model(base, lora_config(cfg))
-        value = load_reward_model(reward_dir, reward_tok)
-        trainer = PPOTrainer(cfg, policy, tok, value, scorer, train_prompts, log_, acc)
-        history = trainer.train()
-        policy = trainer.unwrapped_policy()
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            return None
+        policy, history = train_ppo(cfg, base, tok, inputs, reward_tok, scorer, prompts, acc, log_)
     else:
-        policy, history = train_trl(cfg, base, tok, reward_model, reward_tok, train_prompts, out, log_)
-        if policy is None:
-            return None
-    return finish(cfg, policy, tok, scorer, eval_prompts, history, out, log_)
+        policy, history = train_trl(cfg, base, tok, reward_model, reward_tok, prompts, log_)
+    return policy, history, {"steps": cfg.steps, "train_prompts": len(prompts)}
 
 
-def finish(cfg, policy, tok, scorer, eval_prompts, history, out: Path, log_: MetricLogger) -> StageReport:
+def train_ppo(cfg: PpoConfig, base, tok, inputs, reward_tok, scorer, prompts, acc, log_):
+    """Our PPO: the value model starts as a copy of the reward model, so it must read the policy's tokens."""
+    from peft import get_peft_model
+
+    sft_dir, reward_dir = model_dir(inputs["sft"]), model_dir(inputs["reward"])
+    check_same_vocab(tok, reward_tok, sft_dir, reward_dir)
+    value = load_reward_model(reward_dir, reward_tok)
+    trainer = PPOTrainer(cfg, get_peft_model(base, lora_config(cfg)), tok, value, scorer, prompts, log_, acc)
+    history = trainer.train()
+    acc.wait_for_everyone()
+    return (trainer.unwrapped_policy() if acc.is_main_process else None), history
+
+
+def finish(
+    cfg, policy, tok, scorer, eval_prompts, history, counts: dict[str, int], out: Path, log_: MetricLogger
+) -> StageReport:
     """Held-out comparison with the SFT policy, then the adapter, the merged model and the report."""
     policy.save_pretrained(out / "adapter")
     tok.save_pretrained(out / "adapter")
@@ -129,16 +173,7 @@ def finish(cfg, policy, tok, scorer, eval_prompts, history, out: Path, log_: Met
     merged = policy.merge_and_unload()
     tok.padding_side = "right"  # the saved tokenizer's default, as the SFT model's
     save_model_folder(merged, tok, out / "model")
-    if history:
-        metrics.update(
-            {
-                "train_score_first": history[0]["score"],
-                "train_score_last": history[-1]["score"],
-                "kl_coef_last": history[-1]["kl_coef"],
-            }
-        )
-        if "kl" in history[-1]:
-            metrics["train_kl_last"] = history[-1]["kl"]
+    metrics.update(history_metrics(history))
     log.info(
         "ppo (%s): held-out reward SFT %.4f -> tuned %.4f (gain %.4f), KL to SFT %.3f",
         cfg.algorithm,
@@ -148,7 +183,7 @@ def finish(cfg, policy, tok, scorer, eval_prompts, history, out: Path, log_: Met
         metrics["kl_ref_eval"],
     )
     report = StageReport(
-        counts={"steps": cfg.steps, "eval_prompts": int(metrics.pop("eval_prompts"))},
+        counts={**counts, "eval_prompts": int(metrics.pop("eval_prompts"))},
         metrics=metrics,
         extra={"algorithm": cfg.algorithm, "adapter": "adapter", "model": "model"},
     )
@@ -156,6 +191,26 @@ def finish(cfg, policy, tok, scorer, eval_prompts, history, out: Path, log_: Met
         json.dumps({"counts": report.counts, "metrics": report.metrics, "extra": report.extra}, indent=2)
     )
     return report
+
+
+def history_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """First and last training figures the algorithm logged: `train_score_*` (RL: reward-model score),
+    `train_loss_*` / `train_margin_*` (DPO), `kl_coef_last`, `train_kl_last`."""
+    if not history:
+        return {}
+    first, last = history[0], history[-1]
+    out = {}
+    for key in ("score", "loss", "margin"):
+        if key in first and key in last:
+            out[f"train_{key}_first"], out[f"train_{key}_last"] = first[key], last[key]
+    for key, name in (
+        ("kl_coef", "kl_coef_last"),
+        ("kl", "train_kl_last"),
+        ("accuracy", "train_accuracy_last"),
+    ):
+        if key in last:
+            out[name] = last[key]
+    return out
 
 
 def gate(cfg: PpoConfig, manifest: Manifest) -> str | None:
@@ -176,7 +231,7 @@ def gate(cfg: PpoConfig, manifest: Manifest) -> str | None:
 
 
 # ---- GRPO / RLOO through trl ------------------------------------------------------------------
-def train_trl(cfg: PpoConfig, base, tok, reward_model, reward_tok, prompts, out: Path, log_: MetricLogger):
+def train_trl(cfg: PpoConfig, base, tok, reward_model, reward_tok, prompts, log_: MetricLogger):
     """trl's GRPOTrainer/RLOOTrainer with our reward model.
 
     Returns (peft policy, history) on the main process.

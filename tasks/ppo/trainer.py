@@ -6,6 +6,11 @@ value model = a copy of the reward model, whose score head reads every hidden st
 reward      = score of the finished text - missing-EOS penalty,
               minus kl_coef * KL(policy || reference) per token
 
+The policy's log-probs (stored at rollout, recomputed in the update) are those of the distribution the
+rollouts are sampled from: temperature, then top-k / top-p as `generate` applies them. The reference's
+are the unfiltered (temperature-scaled) SFT distribution, so the KL penalty is the sampling policy's real
+divergence from the SFT model (a token the filter keeps always has a finite reference log-prob).
+
 Each step: sample a rollout batch, compute log-probs / reference log-probs / values / scores, shape
 rewards, GAE, whiten advantages, then `ppo_epochs` passes of clipped policy + value updates over
 shuffled minibatches. Batch sizes in the config are global; each process takes its share.
@@ -23,13 +28,21 @@ import torch
 from accelerate import Accelerator
 
 from conf.ppo import PpoConfig
-from tasks.common.generation import Messages, generate, generation_config, left_pad, response_mask
+from tasks.common.generation import (
+    Messages,
+    filter_logits,
+    generate,
+    generation_config,
+    left_pad,
+    response_mask,
+)
 from tasks.common.tracking import MetricLogger
 from tasks.ppo import core
 from tasks.ppo.rollout import (
     Rollout,
     ScoreFn,
     TokenValueModel,
+    behaviour_logprobs,
     prompt_ids,
     response_logits,
     response_tokens,
@@ -85,9 +98,10 @@ def local_batch_sizes(cfg: PpoConfig, world: int) -> tuple[int, int]:
 
 
 def kl_controller(cfg: PpoConfig) -> core.FixedKLController | core.AdaptiveKLController:
-    """The KL coefficient; adaptive (Ziegler et al.) keeps the policy near a KL target at any reward scale."""
+    """The KL coefficient; adaptive (Ziegler et al.) keeps the policy near a KL target at any reward scale,
+    over a horizon the run can actually reach (`PpoConfig.kl_horizon_episodes`)."""
     return (
-        core.AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        core.AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon_episodes())
         if cfg.adaptive_kl
         else core.FixedKLController(cfg.init_kl_coef)
     )
@@ -193,9 +207,8 @@ class PPOTrainer:
         for s in range(0, len(indices), self.local_mini):
             sl = slice(s, s + self.local_mini)
             args = (queries[sl], query_mask[sl], responses[sl], mask[sl])
-            logprobs.append(
-                core.logprobs_from_logits(response_logits(policy, *args, cfg.temperature), responses[sl])
-            )
+            logits = response_logits(policy, *args, cfg.temperature)
+            logprobs.append(behaviour_logprobs(logits, responses[sl], mask[sl], cfg.top_k, cfg.top_p))
             with policy.disable_adapter():
                 ref = response_logits(policy, *args, cfg.temperature)
             ref_logprobs.append(core.logprobs_from_logits(ref, responses[sl]))
@@ -210,7 +223,7 @@ class PPOTrainer:
             responses,
             mask,
             has_eos,
-            torch.cat(logprobs) * mask,
+            torch.cat(logprobs),
             torch.cat(ref_logprobs) * mask,
             torch.cat(values) * mask,
             scores,
@@ -221,6 +234,7 @@ class PPOTrainer:
     def update(self, ro: Rollout) -> dict[str, float]:
         """`ppo_epochs` passes of clipped policy + value updates over shuffled minibatches of one rollout."""
         scores, kl, advantages, returns = self._advantages(ro)
+        learning_rate = self.sched.get_last_lr()[0]  # what this step's optimizer steps use
         acc: dict[str, list[torch.Tensor]] = defaultdict(list)
         for _ in range(self.cfg.ppo_epochs):
             order = torch.randperm(len(ro), device=self.device)
@@ -229,7 +243,9 @@ class PPOTrainer:
                 for name, value in self._minibatch_step(ro, idx, advantages, returns).items():
                     acc[name].append(value)
         self.sched.step()
-        return self._step_stats(ro, acc, scores, kl, advantages, returns)
+        stats = self._step_stats(ro, acc, scores, kl, advantages, returns)
+        stats["learning_rate"] = learning_rate
+        return stats
 
     def _advantages(self, ro: Rollout) -> tuple[torch.Tensor, ...]:
         """(scores with the missing-EOS penalty, per-token KL, whitened GAE advantages, returns)."""
@@ -250,7 +266,7 @@ class PPOTrainer:
         cfg = self.cfg
         args = (ro.queries[idx], ro.query_mask[idx], ro.responses[idx], ro.mask[idx])
         logits = response_logits(self.policy, *args, cfg.temperature)
-        new_logprobs = core.logprobs_from_logits(logits, ro.responses[idx])
+        new_logprobs = behaviour_logprobs(logits, ro.responses[idx], ro.mask[idx], cfg.top_k, cfg.top_p)
         vpred = response_values(self.value_model, *args)
         pg_loss, pg = core.policy_loss(
             new_logprobs, ro.logprobs[idx], advantages[idx], ro.mask[idx], cfg.cliprange
@@ -270,7 +286,9 @@ class PPOTrainer:
                 "policy_clipfrac": pg["clipfrac"],
                 "value_clipfrac": vf["clipfrac"],
                 "approxkl": pg["approxkl"],
-                "entropy": core.masked_mean(core.entropy_from_logits(logits), ro.mask[idx]),
+                "entropy": core.masked_mean(
+                    core.entropy_from_logits(filter_logits(logits, cfg.top_k, cfg.top_p)), ro.mask[idx]
+                ),
             }
 
     def _step_stats(
@@ -301,8 +319,7 @@ class PPOTrainer:
         names = sorted(local)
         stacked = self.acc.reduce(torch.stack([local[n].float() for n in names]), reduction="mean")
         stats = dict(zip(names, stacked.tolist(), strict=True))
-        stats["kl_coef"] = self.kl_ctl.value
-        stats["learning_rate"] = self.sched.get_last_lr()[0]
+        stats["kl_coef"] = self.kl_ctl.value  # the coefficient this step's rewards were shaped with
         self.kl_ctl.update(stats["kl"], self.cfg.batch_size)
         return stats
 
