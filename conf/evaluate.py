@@ -31,6 +31,7 @@ class EvaluateConfig(StageConfig):
             "max_kl",
             "max_ppl_ppo",
             "min_distinct_ppo",
+            "gate_action",
             "min_margin_over_constant",
             "max_ppl_ratio",
         }
@@ -105,6 +106,11 @@ class EvaluateConfig(StageConfig):
     )
     plot: bool = True
     # quality gates (None disables a gate); none reads a number of the reward model PPO optimised
+    gate_action: Literal["fail", "warn"] = Field(
+        "fail",
+        description="fail: a failed gate stops the flow; warn: it is logged as a warning and the run goes "
+        "on (for a preset whose models are known not to pass yet, e.g. tiny on 2 cores).",
+    )
     min_distinct_ppo: float | None = Field(
         0.5,
         ge=0,

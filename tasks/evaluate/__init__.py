@@ -25,6 +25,7 @@ self-judged number.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from conf.evaluate import EvaluateConfig
@@ -93,4 +94,11 @@ def gate(cfg: EvaluateConfig, manifest: Manifest) -> str | None:
     key, the metric and by how much it missed."""
     from tasks.evaluate.gates import failures
 
-    return "; ".join(failures(cfg, manifest.metrics)) or None
+    message = "; ".join(failures(cfg, manifest.metrics)) or None
+    if message and cfg.gate_action == "warn":
+        # A preset whose models cannot pass yet (tiny, on 2 cores) still finishes, but says so loudly.
+        logging.getLogger(__name__).warning(
+            "evaluate's quality gates FAILED (evaluate.gate_action=warn, so the run goes on): %s", message
+        )
+        return None
+    return message
