@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common.artifacts import Manifest
-from tasks.common.jsonl import JsonlWriter, iter_jsonl, json_lines, open_text
-
-__all__ = ["DOCS_DIR", "Document", "ShardWriter", "iter_jsonl", "read_documents", "read_shard", "shard_paths"]
+from tasks.common.jsonl import JsonlWriter, json_lines, open_text
 
 DOCS_DIR = "documents"
 
