@@ -19,7 +19,7 @@ ARTIFACTS ?= $(or $(LMFORGE_ARTIFACTS),artifacts)
 
 
 .PHONY: install services test test-slow test-all test-integration pipeline data pretrain align evaluate stage ui lint \
-  typecheck format clean show-config bench server worker deploy run-deployment align-compare
+  typecheck format clean show-config bench server worker deploy run-deployment align-compare serve gpu-check
 
 install: $(STAMP)
 
@@ -79,8 +79,17 @@ show-config: $(STAMP)
 
 ui: $(STAMP)
 	@mkdir -p $(ARTIFACTS)
-	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(ARTIFACTS))/mlflow.db} \
-	  --default-artifact-root $(abspath $(ARTIFACTS))/mlruns --host 127.0.0.1 --port $${PORT:-5000}
+	@# the store URI (a password in it) goes in the environment, never on the command line `ps` shows
+	MLFLOW_BACKEND_STORE_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(ARTIFACTS))/mlflow.db} \
+	  $(BIN)/mlflow ui --default-artifact-root $(abspath $(ARTIFACTS))/mlruns --host 127.0.0.1 --port $${PORT:-5000}
+
+# The OpenAI-compatible server + playground (http://127.0.0.1:8000/) for MODEL: the registry's champion
+# (set by export when every gate passed) by default, or a folder such as artifacts/export/<hash12>;
+# VARIANT=int8 serves int8 weights; SET='guardrails.mask_pii=false' etc. (conf/serve.py).
+MODEL ?= models:/lmforge-tiny@champion
+serve: $(STAMP)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(ARTIFACTS))/mlflow.db} \
+	  $(BIN)/lmforge serve '$(MODEL)' --port $${PORT:-8000} $(if $(VARIANT),--variant $(VARIANT)) $(SET_ARGS)
 
 # --- Prefect deployments on a local server (see prefect.yaml and infra/) -------------------------
 PREFECT_PORT ?= 4200
@@ -106,8 +115,15 @@ deploy: $(STAMP)
 run-deployment: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect deployment run '$(or $(DEPLOYMENT),lifecycle/$(PRESET))' --watch
 
+# Also installs the `bench` extra (Faker and the PII peers, for bench_pii).
 bench: $(STAMP)
+	$(PIP) install -q -e '.[dev,bench]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m bench.run $(BENCH)
+
+# A few pretraining steps of the `small` model on every GPU (NCCL, bf16, FSDP2, torch.compile), a short SFT
+# and a PPO step, in at most 5 minutes; prints MFU and memory. No GPU: the CPU fallback (gloo, fp32, tiny).
+gpu-check: $(STAMP)
+	$(BIN)/python infra/gpu_check.py
 
 LINT_DIRS := conf tasks flows tests bench
 

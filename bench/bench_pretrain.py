@@ -13,7 +13,11 @@ runs on a 2-core machine, which would swamp the comparison).
 The goal: orchestration, logging and data loading cost under 5% (`overhead` column). A 2-process DDP
 row shows what the machine's two cores give with the stage's default launch.
 
-    .venv/bin/python -m bench.bench_pretrain [--steps 40] [--runs 2]
+A second pair runs the issue-14 size, 4 layers x width 256, 256-token sequences, micro batch 8, one
+process with 2 threads (`--wide-threads`), where the target is the plain loop's FLOP/s within 3%
+(`overhead` <= 3%). Every pair alternates stage and loop `--runs` times, so machine noise hits both.
+
+    .venv/bin/python -m bench.bench_pretrain [--steps 40] [--runs 2] [--wide-runs 3] [--only wide]
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def plain_loop(cfg: PretrainConfig, source, vocab: int) -> dict:
     from tasks.pretrain.model import ModelDials, build_model, llama_config
     from tasks.pretrain.train import lr_lambda
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(cfg.threads_per_proc or THREADS)
     data = open_split(source.dir, "train")[0]
     dials = ModelDials(
         vocab, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_size(), cfg.seq_len
@@ -146,10 +150,46 @@ def measurement(name: str, runs: list[dict]) -> Measurement:
     return Measurement(name, [r["seconds"] for r in runs], tokens, "tokens", 0.0)
 
 
+def compare(name: str, cfg: PretrainConfig, source, vocab: int, root: Path, tracker: Tracker, runs: int):
+    """The stage and the plain loop on `cfg`, alternated `runs` times: (row, stage runs, loop runs)."""
+    ours, plain = [], []
+    for _ in range(runs):  # alternate, so machine noise hits both sides
+        ours.append(stage_run(cfg, source, root, tracker))
+        plain.append(plain_loop(cfg, source, vocab))
+    fpt, peak = ours[0]["flops_per_token"], ours[0]["peak_flops"]
+    a, b = measurement("lmforge", ours), measurement("plain loop", plain)
+    overhead = 1 - a.rate / b.rate
+    if not math.isfinite(overhead):
+        raise RuntimeError("bench produced no throughput")
+    wall = statistics.median(r["wall"] for r in ours)
+    return (
+        row(
+            name,
+            a,
+            b,
+            overhead=f"{overhead:.1%}",
+            ours_flops_per_s=f"{a.rate * fpt:.3g}",
+            baseline_flops_per_s=f"{b.rate * fpt:.3g}",
+            ours_mfu=f"{a.rate * fpt / peak:.1%}",
+            stage_wall_s=round(wall, 1),
+            startup_s=round(wall - a.median_s, 1),
+            per_run_tokens_per_s={
+                "lmforge": [round(r["tokens"] / r["seconds"]) for r in ours],
+                "plain": [round(r["tokens"] / r["seconds"]) for r in plain],
+            },
+        ),
+        ours,
+        plain,
+    )
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--wide-runs", type=int, default=3, help="alternations of the width-256 pair")
+    p.add_argument("--wide-threads", type=int, default=2)
+    p.add_argument("--only", choices=["tiny", "wide"], help="run one pair only")
     args = p.parse_args(argv or [])
     base = dict(
         max_steps=args.steps,
@@ -162,50 +202,52 @@ def main(argv: list[str] | None = None) -> Path:
     )
     single = PretrainConfig(**base, nproc_per_node=1, threads_per_proc=THREADS)
     ddp = PretrainConfig(**base, nproc_per_node=2, threads_per_proc=1)
+    wide = PretrainConfig(
+        **base,
+        n_layers=4,
+        d_model=256,
+        n_heads=4,
+        seq_len=256,
+        micro_batch_size=8,
+        global_batch_tokens=4096,
+        nproc_per_node=1,
+        threads_per_proc=args.wide_threads,
+    )
+    rows, details = [], {"threads": THREADS, "wide_threads": args.wide_threads, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
         root = Path(tmp)
         source, vocab = build_input(root)
         tracker = Tracker(f"sqlite:///{root / 'mlflow.db'}", "bench-pretrain")
-        ours, plain, two = [], [], []
-        for _ in range(args.runs):  # alternate, so machine noise hits both sides
-            ours.append(stage_run(single, source, root, tracker))
-            plain.append(plain_loop(single, source, vocab))
-        two.append(stage_run(ddp, source, root, tracker))
-    fpt, peak = ours[0]["flops_per_token"], ours[0]["peak_flops"]
-    a, b, c = measurement("lmforge", ours), measurement("plain loop", plain), measurement("lmforge ddp", two)
-    overhead = 1 - a.rate / b.rate
-    wall = statistics.median(r["wall"] for r in ours)
-    rows = [
-        row(
-            "pretrain_1proc_vs_plain_loop",
-            a,
-            b,
-            overhead=f"{overhead:.1%}",
-            ours_flops_per_s=f"{a.rate * fpt:.3g}",
-            baseline_flops_per_s=f"{b.rate * fpt:.3g}",
-            ours_mfu=f"{a.rate * fpt / peak:.1%}",
-            stage_wall_s=round(wall, 1),
-            startup_s=round(wall - a.median_s, 1),
-        ),
-        row(
-            "pretrain_2proc_ddp_vs_plain_loop",
-            c,
-            b,
-            ours_flops_per_s=f"{c.rate * fpt:.3g}",
-            stage_wall_s=round(two[0]["wall"], 1),
-        ),
-    ]
-    details = {
-        "config": single.model_dump(mode="json"),
-        "flops_per_token": fpt,
-        "threads": THREADS,
-        "load_1m_at_end": round(os.getloadavg()[0], 2),
-        "runs": {"lmforge": ours, "plain": plain, "lmforge_ddp": two},
-        "final_loss": {"lmforge": ours[-1]["final_loss"], "plain": plain[-1]["final_loss"]},
-        "note": "throughput over every step after the first; start-up = stage wall clock minus that loop",
-    }
-    if not math.isfinite(overhead):
-        raise RuntimeError("bench produced no throughput")
+        if args.only in (None, "tiny"):
+            r, ours, plain = compare(
+                "pretrain_1proc_vs_plain_loop", single, source, vocab, root, tracker, args.runs
+            )
+            two = [stage_run(ddp, source, root, tracker)]
+            c = measurement("lmforge ddp", two)
+            fpt = ours[0]["flops_per_token"]
+            rows += [
+                r,
+                row(
+                    "pretrain_2proc_ddp_vs_plain_loop",
+                    c,
+                    measurement("plain loop", plain),
+                    ours_flops_per_s=f"{c.rate * fpt:.3g}",
+                    stage_wall_s=round(two[0]["wall"], 1),
+                ),
+            ]
+            details["config"] = single.model_dump(mode="json")
+            details["flops_per_token"] = fpt
+            details["runs"].update({"lmforge": ours, "plain": plain, "lmforge_ddp": two})
+        if args.only in (None, "wide"):
+            name = f"pretrain_w256_{args.wide_threads}threads_vs_plain_loop"
+            r, ours, plain = compare(name, wide, source, vocab, root, tracker, args.wide_runs)
+            rows.append(r)
+            details["wide_config"] = wide.model_dump(mode="json")
+            details["runs"].update({"wide_lmforge": ours, "wide_plain": plain})
+    details["load_1m_at_end"] = round(os.getloadavg()[0], 2)
+    details["note"] = (
+        "throughput over every step after the first; start-up = stage wall clock minus that loop"
+    )
     return save("pretrain", rows, details)
 
 

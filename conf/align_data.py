@@ -47,6 +47,13 @@ class DatasetSource(BaseModel):
         None, description="Name used in ids and counts; default: the file stem / dataset id."
     )
     max_rows: int | None = Field(None, gt=0, description="Read at most this many rows.")
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="Mix weight: the share of the training rows used (below 1: a seeded sample by prompt "
+        "hash; above 1: rows repeated, e.g. 2.5 = every row twice and half of them a third time). "
+        "Eval rows are never weighted.",
+    )
     eval_fraction: float | None = Field(
         None,
         ge=0,
@@ -65,16 +72,29 @@ class DatasetSource(BaseModel):
 
 
 class AlignDataConfig(StageConfig):
-    """Built-in pairs are split by top-level package into roles (`tasks/common/alignment.py`): `eval`
+    """Where the alignment data comes from: the built-in pairs (`builtin`), user datasets in trl's formats
+    (`sft_datasets`, `pref_datasets`, local files or Hub ids), or a mix of them by `weight`. With none,
+    the stage writes empty files and says so; pretraining does not need them, and the alignment stages
+    fail before any training (their prechecks, `flows/stages.py`) naming these fields.
+
+    Built-in pairs are split by top-level package into roles (`tasks/common/alignment.py`): `eval`
     takes `eval_fraction` of the pairs, the rest is shared by `rm`, `judge` and `ppo` by `role_shares`.
 
-    User datasets: SFT rows go to `sft/` and preference rows to the `rm` role, each split train/eval by a
-    hash of the prompt. When no built-in package falls in the `judge` role (e.g. `builtin: false`), the
-    judge takes a seeded share (judge / (rm + judge)) of the user preference rows, which then leave the
-    `rm` role; when none falls in `ppo`, the PPO prompts are the user SFT training rows.
+    User rows are split by a seeded hash of their prompt (`seed`), so equal prompts never straddle a split:
+    `eval` takes the source's `eval_fraction`; SFT training rows go to `sft/train.jsonl`, preference
+    training rows to the `rm` role. When no built-in package falls in the `judge` role (e.g. `builtin:
+    false`), the judge takes the share judge / (rm + judge) of the user preference rows (hash with
+    `judge_seed`), which then leave the `rm` role. When none falls in `ppo`, the PPO prompts are the user
+    SFT training rows; with no SFT rows either, the share ppo / (rm + judge + ppo) of the preference rows
+    (hash with `judge_seed`) becomes PPO prompts (the chosen answer as reference) and leaves both reward
+    models' pairs. Every user eval row is also an evaluation document the tokenizer decontaminates
+    pretraining data against.
     """
 
     builtin: bool = Field(True, description="Build instruction/preference pairs from the pydocs documents.")
+    builtin_weight: float = Field(
+        1.0, gt=0, description="Mix weight of the built-in training rows (as `DatasetSource.weight`)."
+    )
     kinds: list[ObjectKind] = Field(
         default_factory=lambda: list(OBJECT_KINDS),
         min_length=1,
@@ -125,8 +145,9 @@ class AlignDataConfig(StageConfig):
             raise ValueError("role_shares: shares must be >= 0 and the rm share positive")
         if self.min_response_chars >= self.max_response_chars:
             raise ValueError("min_response_chars must be below max_response_chars")
-        if not self.builtin and not self.sft_datasets and not self.pref_datasets:
-            raise ValueError(
-                "builtin is false and no sft_datasets/pref_datasets are given: there would be no data"
-            )
         return self
+
+    @property
+    def has_sources(self) -> bool:
+        """Whether any source could give alignment data (the built-in one only finds out on its documents)."""
+        return self.builtin or bool(self.sft_datasets) or bool(self.pref_datasets)

@@ -76,7 +76,9 @@ class DedupConfig(StageConfig):
     """The `dedup` stage's settings, and dedup's only statement of its defaults: the detection parameters
     (`tasks.dedup.core.Params`) and the `lmforge dedup` command's option defaults are read from here."""
 
-    NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset({"workers", "batch_size", "lsh_storage"})
+    NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset(
+        {"workers", "batch_size", "lsh_storage", "method", "max_memory_mb"}
+    )
 
     normalize: bool = Field(True, description="Lowercase and collapse whitespace before exact hashing.")
     near: bool = Field(True, description="Also remove near duplicates (MinHash LSH); false: exact only.")
@@ -109,7 +111,23 @@ class DedupConfig(StageConfig):
         1, ge=1, le=256, description="Processes computing signatures (same result for any value)."
     )
     batch_size: int = Field(1000, ge=1, description="Documents per signature batch sent to a worker.")
-    lsh_storage: LshStorage = Field(default_factory=DictStorage, description="Where the LSH index lives.")
+    lsh_storage: LshStorage = Field(
+        default_factory=DictStorage, description="Where the in-memory method's LSH index lives."
+    )
+    method: Literal["auto", "memory", "disk"] = Field(
+        "auto",
+        description="memory: every signature and a datasketch LSH index in this process (fastest; about "
+        "7 KB per document); disk: signatures, LSH buckets and clusters as sorted partitions on disk, each "
+        "step a map over shards or partitions, peak memory set by max_memory_mb whatever the corpus; auto: "
+        "disk when the memory method would need more than max_memory_mb. Both give the same output.",
+    )
+    max_memory_mb: int = Field(
+        1024,
+        ge=64,
+        description="Memory budget of the disk method: its partitions are sized so that the local pool's "
+        "`workers` together hold at most this much partition data (on Dask: each task); every Python "
+        "process adds ~150 MB of libraries. Also auto's switch point.",
+    )
 
     @model_validator(mode="after")
     def _lsh_has_bands(self) -> DedupConfig:

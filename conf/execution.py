@@ -23,6 +23,11 @@ class ExecutionConfig(BaseModel):
         "root at the same path; unset: a LocalCluster is started for the run.",
     )
     dask_workers: int = Field(2, ge=1, le=1024, description="Worker processes of the LocalCluster.")
+    dask_dashboard_address: str = Field(
+        "127.0.0.1:0",
+        description="Where the LocalCluster's dashboard listens (host:port; port 0: a free one). Loopback by "
+        "default: it shows task details to anyone who can reach it; ':8787' opens it on every interface.",
+    )
     dask_threads_per_worker: int = Field(
         1,
         ge=1,

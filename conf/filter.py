@@ -7,6 +7,8 @@ short, quote code (long dotted names, `#` comments, `...` doctest prompts) and l
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, model_validator
 
 from conf.base import StageConfig
@@ -21,6 +23,8 @@ DEFAULT_BLOCKLIST = (
 
 
 class FilterConfig(StageConfig):
+    NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset({"workers"})
+
     min_words: int | None = Field(10, ge=1, description="Drop documents with fewer words (Gopher: 50).")
     max_words: int | None = Field(100_000, ge=1, description="Drop documents with more words (Gopher: 100k).")
     min_mean_word_length: float | None = Field(3.0, ge=0, description="Gopher: 3 characters.")
@@ -72,6 +76,13 @@ class FilterConfig(StageConfig):
     )
     samples_per_reason: int = Field(
         5, ge=0, description="Dropped documents kept per reason in dropped_samples.jsonl."
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Processes filtering shards in parallel, one input shard each (None: all cores; same "
+        "output for any value; with execution.engine=dask the cluster's workers run the shards instead).",
     )
     max_dropped_share: float = Field(
         0.2, ge=0, le=1, description="Quality gate: fail if more than this share of documents is dropped."

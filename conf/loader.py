@@ -5,14 +5,14 @@ Every failure raises `ConfigError` naming the key path and what is allowed, befo
 
 from __future__ import annotations
 
-import typing
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from conf.schema import PipelineConfig
+from conf.schema import PipelineConfig, models_in, tag_default
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -25,11 +25,52 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"{line}: duplicate key {key!r} (first at line {first}): give each key once")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: plain PyYAML keeps
+    the last one, so a second `pretrain:` section would silently replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: overriding merged keys is the point
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # PyYAML reports an unhashable key itself
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping; a missing, unreadable, binary or malformed file is a `ConfigError`."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; name a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a YAML text file (byte 0x{e.object[e.start]:02x} is not UTF-8)"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}:{e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(
+            f"{path}: not valid YAML: {str(e).replace('<unicode string>', str(path))}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     return data
@@ -45,15 +86,20 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def preset_data(name: str) -> dict[str, Any]:
-    """A preset's raw data, with its `extends:` chain resolved (child keys win)."""
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(available_presets())}")
-    data = _read_yaml(path)
+def preset_data(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's raw data, with its `extends:` chain resolved (child keys win). Only the names of
+    conf/presets/*.yaml are presets: a path (`../../x`) is not one (use --config for a file)."""
+    if not isinstance(name, str) or name not in available_presets():
+        hint = "; to read a YAML file, use --config FILE" if isinstance(name, str) and "/" in name else ""
+        raise ConfigError(
+            f"unknown preset {name!r}; available presets: {', '.join(available_presets())}{hint}"
+        )
+    if name in _chain:
+        raise ConfigError(f"preset {name!r} extends itself: {' -> '.join((*_chain, name))}")
+    data = _read_yaml(PRESETS_DIR / f"{name}.yaml")
     parent = data.pop("extends", None)
     if parent:
-        data = _deep_merge(preset_data(parent), data)
+        data = _deep_merge(preset_data(parent, (*_chain, name)), data)
     data["preset"] = name
     return data
 
@@ -90,18 +136,6 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> dict[st
     return out
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """Every pydantic model inside an annotation (through list[...], unions, Annotated[...])."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
-
-
-def _tag_default(model: type[BaseModel], field: str) -> Any:
-    """The default of a union member's tag field (`kind` for sources, `type` for LSH storages)."""
-    return getattr(model.model_fields.get(field), "default", None)
-
-
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """Field names accepted at the section `loc` (the parent of a rejected key).
 
@@ -113,9 +147,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
             continue
         with_field = [c for c in candidates if part in c.model_fields]
         if with_field:
-            candidates = _models_in(with_field[0].model_fields[part].annotation)
+            candidates = models_in(with_field[0].model_fields[part].annotation)
             continue
-        tagged = [c for c in candidates if part in (_tag_default(c, "kind"), _tag_default(c, "type"))]
+        tagged = [c for c in candidates if part in (tag_default(c, "kind"), tag_default(c, "type"))]
         if not tagged:
             return None
         candidates = tagged
@@ -126,14 +160,15 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = Pipel
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or "<root>"
+        # a check across the whole config (conf/schema.py) names its keys in the error's context
+        path = ".".join(str(p) for p in loc) or (e.get("ctx") or {}).get("path") or "<root>"
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, tuple(p for p in loc[:-1] if not isinstance(p, int)))
             hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
             lines.append(f"  {path}: unknown key{hint}")
         else:
             got = e.get("input")
-            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            shown = "" if not loc or isinstance(got, dict | list) else f" (got {got!r})"
             lines.append(f"  {path}: {e['msg']}{shown}")
     return "invalid configuration:\n" + "\n".join(lines)
 

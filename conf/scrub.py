@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from conf.base import StageConfig
 
@@ -21,6 +21,14 @@ _ENTITIES_BY_PRIORITY: tuple[EntityType, ...] = (
 # The same, as plain strings: the detector looks entity types up by whatever string a span carries.
 ENTITY_TYPES: tuple[str, ...] = _ENTITIES_BY_PRIORITY
 
+# The default `scrub.phone_regions`: the regions of the major locales (by speakers and by web text).
+MAJOR_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "CA", "GB", "IE", "AU", "NZ", "IN", "PK", "ZA", "NG", "DE", "AT", "CH", "FR", "BE", "NL",
+    "LU", "IT", "ES", "PT", "BR", "MX", "AR", "CO", "CL", "PE", "PL", "CZ", "SK", "HU", "RO", "BG",
+    "HR", "GR", "SE", "NO", "DK", "FI", "RU", "UA", "TR", "IL", "EG", "SA", "AE", "JP", "CN", "KR",
+    "TW", "HK", "SG", "MY", "ID", "PH", "TH", "VN",
+)  # fmt: skip
+
 
 class ScrubConfig(StageConfig):
     NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset({"workers", "batch_docs"})
@@ -30,13 +38,16 @@ class ScrubConfig(StageConfig):
         min_length=1,
         description="Entity types to find and replace with `<TYPE>`.",
     )
-    phone_region: str = Field(
-        "US",
-        description="Region assumed for phone numbers written without +country code ('ZZ': only +numbers).",
+    phone_regions: list[str] = Field(
+        default_factory=lambda: list(MAJOR_PHONE_REGIONS),
+        description="Regions whose national formats are recognised for numbers written without +country "
+        "code ([] or ['ZZ']: only +numbers). The legacy key `phone_region` (one region, or a comma-separated "
+        "list) sets this too.",
     )
     phone_leniency: Literal["possible", "valid", "strict_grouping", "exact_grouping"] = Field(
-        "strict_grouping",
-        description="phonenumbers Leniency: how sure the matcher must be that digits are a phone number.",
+        "valid",
+        description="Evidence a national number needs (number validity, shape, context words): possible "
+        "< valid < strict_grouping (valid + phone-like digit groups) < exact_grouping.",
     )
     phone_bare_digits: bool = Field(
         False, description="Also take unformatted digit runs without '+' (4155552671) as phone numbers."
@@ -61,12 +72,36 @@ class ScrubConfig(StageConfig):
             raise ValueError(f"entity types listed twice: {v}")
         return v
 
-    @field_validator("phone_region")
+    @model_validator(mode="before")
     @classmethod
-    def _region(cls, v: str) -> str:
+    def _legacy_region(cls, data: Any) -> Any:
+        """`phone_region: GB` (the single-region key of earlier versions) means `phone_regions: [GB]`;
+        either may be a comma-separated string."""
+        if isinstance(data, dict) and "phone_region" in data:
+            data = dict(data)
+            legacy = data.pop("phone_region")
+            if "phone_regions" in data:
+                raise ValueError("set scrub.phone_regions or the legacy scrub.phone_region, not both")
+            data["phone_regions"] = legacy
+        if isinstance(data, dict) and isinstance(data.get("phone_regions"), str):
+            data = {
+                **data,
+                "phone_regions": data["phone_regions"].split(","),
+            }  # `--set scrub.phone_regions=GB,FR`
+        return data
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _regions(cls, v: list[str]) -> list[str]:
         import phonenumbers
 
-        v = v.upper()
-        if v != "ZZ" and v not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError(f"unknown phone region {v!r}: use a two-letter region such as US, GB, DE, or ZZ")
-        return v
+        out: list[str] = []
+        for region in (r.strip().upper() for r in v):
+            if region == "ZZ" or not region or region in out:
+                continue
+            if region not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(
+                    f"unknown phone region {region!r}: use two-letter regions such as US, GB, DE (ZZ: none)"
+                )
+            out.append(region)
+        return out

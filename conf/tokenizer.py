@@ -14,7 +14,7 @@ SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|
 
 
 class TokenizerConfig(StageConfig):
-    NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset({"batch_docs", "parallel"})
+    NOT_RESULT_AFFECTING: ClassVar[frozenset[str]] = frozenset({"batch_docs", "parallel", "workers"})
 
     vocab_size: int = Field(
         4096,
@@ -42,8 +42,19 @@ class TokenizerConfig(StageConfig):
         ge=0,
         description="Drop documents sharing a word n-gram this long with an eval document (0: ids only).",
     )
+    decontam_files: list[str] = Field(
+        default_factory=list,
+        description="Evaluation sets the corpus is decontaminated against, besides align_data's held-out "
+        "rows: local .jsonl/.json/.parquet/.txt files or folders of them (e.g. an lm-eval task folder's "
+        "data); every string of a row is eval text. Their content keys the stage hash.",
+    )
     shard_tokens: int = Field(50_000_000, gt=0, description="Tokens per binary shard file.")
     batch_docs: int = Field(1000, gt=0, description="Documents per encode_batch call.")
+    workers: int | None = Field(
+        None,
+        gt=0,
+        description="Processes for the decontamination pass, one corpus shard each (None: all cores).",
+    )
     parallel: bool = Field(
         True, description="Let the tokenizers library use all cores (TOKENIZERS_PARALLELISM)."
     )

@@ -104,8 +104,13 @@ def _print_export(console: Console, export: Manifest) -> None:
 
 
 def _print_mlflow_ui(console: Console, uri: str, experiment_id: str | None) -> None:
+    """How to open the run in MLflow's UI; the store URI goes in the environment (`ps` shows a command
+    line to every user) and is printed with any password masked."""
+    from conf.schema import redact_uri
+
     console.print(
-        f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)"
+        f"MLflow UI: make ui   (or: MLFLOW_BACKEND_STORE_URI={redact_uri(uri)} mlflow ui --host 127.0.0.1 "
+        "--port 5000)"
     )
     if experiment_id:
         console.print(
@@ -179,6 +184,12 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tasks.serve.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -228,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scrub", help="replace PII in a JSONL file with <TYPE> placeholders, offsets in `pii`")
     scrub_arguments(p)
     p.set_defaults(func=cmd_scrub)
+
+    from tasks.serve.cli import add_arguments as serve_arguments
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API, with a playground")
+    serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -240,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # torchao (imported by peft) warns about each CUDA kernel library it cannot load on a CPU machine
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     # Dask sets its loggers' levels from its config when `distributed` is first imported (after this)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from conf.loader import ConfigError

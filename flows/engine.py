@@ -106,11 +106,15 @@ class ShardCluster:
             threads_per_worker=self.cfg.dask_threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=":0",  # a free port: never "8787 is already in use"
+            # loopback unless configured; port 0 (the default) is a free one: never "8787 is already in use"
+            dashboard_address=self.cfg.dask_dashboard_address,
             env=env,
         )
         log.info(
-            "started a Dask LocalCluster (%d workers) at %s", self.cfg.dask_workers, cluster.scheduler_address
+            "started a Dask LocalCluster (%d workers) at %s, dashboard %s",
+            self.cfg.dask_workers,
+            cluster.scheduler_address,
+            cluster.dashboard_link,
         )
         return cluster
 

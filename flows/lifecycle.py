@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from conf.loader import ConfigError, apply_override, format_validation_error, load_config, parse_override
 from conf.schema import PipelineConfig
+from flows.report import publish_summary
 from flows.runner import PipelineRun, run_pipeline
 from flows.stages import SUBFLOWS
 
@@ -62,7 +63,9 @@ def lifecycle(
 ) -> PipelineRun:
     """corpus -> filter -> dedup -> scrub -> tokenizer -> pretrain -> sft -> reward -> ppo -> evaluate
     -> export (with `targets`: only the stages they need)."""
-    return run_pipeline(resolve_config(config, preset, overrides), targets)
+    run = run_pipeline(resolve_config(config, preset, overrides), targets)
+    publish_summary(run)  # the flow run's Artifacts tab: stages, judged figures, gates, links
+    return run
 
 
 def _subflow(name: str) -> Flow[[PipelineConfig | None, str, list[str] | None], PipelineRun]:
@@ -71,7 +74,9 @@ def _subflow(name: str) -> Flow[[PipelineConfig | None, str, list[str] | None], 
         config: PipelineConfig | None = None, preset: str = "tiny", overrides: list[str] | None = None
     ) -> PipelineRun:
         cfg = resolve_config(config, preset, overrides)
-        return run_pipeline(cfg, SUBFLOWS[name], run_name=f"{cfg.name}-{name}")
+        run = run_pipeline(cfg, SUBFLOWS[name], run_name=f"{cfg.name}-{name}")
+        publish_summary(run)
+        return run
 
     stages = ", ".join(SUBFLOWS[name]) or "(no stages yet)"
     subflow.__doc__ = f"The {name} sub-flow: {stages}, reusing cached upstream stages."

@@ -1,12 +1,15 @@
 """Turns registered stages into Prefect tasks and runs a plan of them under one MLflow parent run.
 
-Each stage is a Prefect task whose cache key is the stage's content hash. Results are persisted under
-`<artifacts_root>/.prefect-results`, and a stage whose folder is missing or unfinished on disk is
-always re-run (`refresh_cache`), so the Prefect cache can never point at deleted outputs.
+Each stage is a Prefect task without a Prefect cache and without persisted results: the stage folder's
+manifest, verified against the files on disk (`tasks/common/stage.py: finished_manifest`), is the only
+source of truth for what is done. Prefect's result store would be a second one, and a dangerous one:
+its records are pickles, unpickled on a cache hit, so anyone able to write to a shared artifacts root
+could run code in the next pipeline. A finished stage comes back from its task as status "cached".
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import time
@@ -15,21 +18,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import Task
 
 from conf.schema import PipelineConfig
 from flows.engine import DaskShardMap, ShardCluster
 from flows.environment import artifacts_root, tracking_uri
+from flows.progress import prefect_progress
 from flows.stages import STAGES, plan
-from tasks.common.artifacts import Manifest, sha256_text, stage_dir
+from tasks.common.artifacts import Manifest, stage_dir
+from tasks.common.process import guard
+from tasks.common.progress import progress_sink
 from tasks.common.stage import (
     PermanentStageError,
+    PrecheckError,
     StageResult,
     StageSpec,
-    check_gate,
     finished_manifest,
-    record_cached,
     run_stage,
 )
 from tasks.common.tracking import MetricLogger, MlflowLogger, Tracker
@@ -58,6 +64,7 @@ PARENT_FIGURES: dict[str, tuple[str, ...]] = {
     "evaluate": ("eval/*", "lm_eval/*"),
 }
 NAMESPACED = ("eval/", "lm_eval/")  # already unique across stages: logged under their own name
+SERVER_APP = "prefect.server.api.server:create_app"  # the temporary server's uvicorn app, in its command
 
 
 def parent_figures(results: dict[str, StageResult]) -> dict[str, float]:
@@ -87,14 +94,6 @@ class TrackingHandle:
         return Tracker(self.tracking_uri, self.experiment)
 
 
-def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """The stage hash, plus the artifacts root: the same stage under another root is another result."""
-    spec: StageSpec = STAGES[context.task.name]
-    cfg: PipelineConfig = parameters["config"]
-    root = parameters["root"]
-    return f"lmforge-{spec.name}-{spec.hash_for(cfg, parameters['inputs'])}-{sha256_text(root)[:8]}"
-
-
 def _run_stage_task(
     config: PipelineConfig,
     inputs: dict[str, Manifest],
@@ -110,15 +109,16 @@ def _run_stage_task(
         raise RuntimeError("a stage runs as a Prefect task, not in a flow's own context")
     spec = STAGES[context.task.name]
     map_shards = DaskShardMap(spec.name, dask_address) if dask_address and spec.sharded else None
-    return run_stage(
-        spec,
-        config,
-        inputs,
-        Path(root),
-        tracking.tracker(),
-        tracking.parent_run_id,
-        map_shards=map_shards,
-    )
+    with progress_sink(prefect_progress()):  # long steps as progress artifacts of this task run
+        return run_stage(
+            spec,
+            config,
+            inputs,
+            Path(root),
+            tracking.tracker(),
+            tracking.parent_run_id,
+            map_shards=map_shards,
+        )
 
 
 def _worth_retrying(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -133,17 +133,17 @@ def _worth_retrying(task: Task[..., Any], task_run: TaskRun, state: State[Any]) 
 
 
 def stage_task(
-    spec: StageSpec, root: Path
+    spec: StageSpec,
 ) -> Task[[PipelineConfig, dict[str, Manifest], TrackingHandle, str, str | None], StageResult]:
+    """The stage's Prefect task: retries and a name in the UI; no Prefect cache, nothing persisted."""
     return task(
         name=spec.name,
         task_run_name=f"{spec.name}",
         retries=spec.retries,
         retry_delay_seconds=2,
         retry_condition_fn=_worth_retrying,
-        cache_key_fn=_cache_key,
-        persist_result=True,
-        result_storage=root / ".prefect-results",
+        cache_policy=NO_CACHE,
+        persist_result=False,
     )(_run_stage_task)
 
 
@@ -175,7 +175,9 @@ def run_pipeline(
     root = artifacts_root(config.artifacts_root)
     root.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(config.tracking.tracking_uri)
+    guard_prefect_server()
     tracker = Tracker.for_pipeline(root, uri, config.tracking.experiment)
+    tracker.end_orphaned_runs()
     parent = _start_parent(tracker, config, stages, root, run_name)
     handle = TrackingHandle(tracker.tracking_uri, config.tracking.experiment, parent.run_id)
     run = PipelineRun(parent.run_id, tracker.tracking_uri, tracker.experiment_id)
@@ -183,7 +185,8 @@ def run_pipeline(
     cluster = ShardCluster(config.execution)
     try:
         for name in stages:
-            run.results[name] = _run_one(STAGES[name], config, root, run, handle, tracker, cluster)
+            precheck_planned(stages, config, run)
+            run.results[name] = _run_one(STAGES[name], config, root, run, handle, cluster)
         status = "FINISHED"
     finally:
         cluster.close()
@@ -191,6 +194,33 @@ def run_pipeline(
         _log_summary(parent, run)
         tracker.end(parent, status)
     return run
+
+
+def precheck_planned(stages: list[str], config: PipelineConfig, run: PipelineRun) -> None:
+    """Fail now if a planned stage cannot run with what the finished stages made (e.g. sft without
+    alignment data): before the stages in between spend hours training."""
+    done = run.manifests()
+    for name in stages:
+        spec = STAGES[name]
+        if name in done or spec.precheck is None:
+            continue
+        message = spec.precheck(config, done)
+        if message:
+            run.failed_stage, run.error = name, f"PrecheckError: {message}"
+            raise PrecheckError(f"stage '{name}' cannot run: {message}")
+
+
+def guard_prefect_server() -> None:
+    """Prefect starts a temporary API server as a child of this process when no PREFECT_API_URL is set;
+    Prefect stops it at exit, but a killed pipeline cannot: the guard (`tasks/common/process.py`) does."""
+    import psutil
+
+    pids = []
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if SERVER_APP in " ".join(child.cmdline()):
+                pids.append(child.pid)
+    guard(pids)
 
 
 def _start_parent(
@@ -214,31 +244,25 @@ def _run_one(
     root: Path,
     run: PipelineRun,
     handle: TrackingHandle,
-    tracker: Tracker,
     cluster: ShardCluster,
 ) -> StageResult:
     """One stage through its Prefect task, with every upstream manifest of this run as its inputs.
 
-    A folder missing on disk forces the task to run (never a Prefect cache hit for deleted outputs);
-    a Prefect cache hit still gets a child run pointing at the run that built the folder, and its quality
-    gate is checked again (thresholds are not part of the stage hash: a stricter gate must still fail).
+    The task itself finds a finished folder (verified against its manifest) and returns it as cached,
+    with a child run pointing at the run that built it, after checking its quality gate again
+    (thresholds are not part of the stage hash: a stricter gate must still fail).
     """
     inputs = {up: run.results[up].manifest for up in spec.inputs}
-    done = finished_manifest(stage_dir(root, spec.name, spec.hash_for(config, inputs)))
-    address = cluster.address() if spec.sharded and done is None else None
+    folder = stage_dir(root, spec.name, spec.hash_for(config, inputs))
+    # a Dask cluster only for a sharded stage that has work to do
+    address = cluster.address() if spec.sharded and finished_manifest(folder) is None else None
     t0 = time.perf_counter()
-    state = stage_task(spec, root).with_options(refresh_cache=done is None)(
-        config, inputs, handle, str(root), address, return_state=True
-    )
+    state = stage_task(spec)(config, inputs, handle, str(root), address, return_state=True)
     try:
         result: StageResult = state.result()
-        if state.name == "Cached":
-            result = StageResult(result.manifest, "cached", time.perf_counter() - t0)
-            result.run_id = record_cached(tracker, handle.parent_run_id, spec, result.manifest, inputs)
-            check_gate(spec, spec.config_of(config), result.manifest)
     except BaseException as e:
         run.failed_stage, run.error = spec.name, f"{type(e).__name__}: {e}"
-        finished = finished_manifest(stage_dir(root, spec.name, spec.hash_for(config, inputs)))
+        finished = finished_manifest(folder)
         if finished is not None:  # the folder is whole, so its gate failed: its figures still compare
             run.gate_failed[spec.name] = StageResult(finished, "gate_failed", time.perf_counter() - t0)
         raise

@@ -13,6 +13,7 @@ from typing import Any
 
 from conf.align_data import AlignDataConfig
 from conf.evaluate import EvaluateConfig
+from conf.tokenizer import TokenizerConfig
 from tasks import (
     align_data,
     collect,
@@ -28,8 +29,9 @@ from tasks import (
     tokenizer,
 )
 from tasks import filter as filter_
-from tasks.common.artifacts import sha256_files, sha256_tree
-from tasks.common.stage import StageSpec
+from tasks.common.alignment import EVAL_DOCUMENTS, alignment_shortfall
+from tasks.common.artifacts import Manifest, sha256_files, sha256_tree
+from tasks.common.stage import PrecheckFn, StageSpec
 
 
 def align_data_fingerprint(cfg: AlignDataConfig) -> dict[str, Any]:
@@ -37,6 +39,28 @@ def align_data_fingerprint(cfg: AlignDataConfig) -> dict[str, Any]:
     local = [src.path for src in (*cfg.sft_datasets, *cfg.pref_datasets) if src.is_local]
     files = sha256_files(local)
     return {"_dataset_sha256": files} if files else {}
+
+
+def tokenizer_fingerprint(cfg: TokenizerConfig) -> dict[str, Any]:
+    """The content of the user's evaluation files (`decontam_files`): editing one re-runs the tokenizer."""
+    files: dict[str, Any] = {}
+    for entry in cfg.decontam_files:
+        path = Path(entry).expanduser()
+        files[entry] = sha256_tree(path) if path.is_dir() else sha256_files([entry])
+    return {"_decontam_sha256": files} if files else {}
+
+
+def needs_alignment_data(stage: str) -> PrecheckFn:
+    """The precheck of an alignment stage: align_data's rows it reads exist (or, before align_data ran,
+    some source is configured), else the runner stops before any training, naming the fields to set."""
+
+    def check(pipeline_cfg: Any, done: dict[str, Manifest]) -> str | None:
+        align = done.get("align_data")
+        return alignment_shortfall(
+            stage, pipeline_cfg.align_data.has_sources, dict(align.counts) if align else None
+        )
+
+    return check
 
 
 def evaluate_fingerprint(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -94,6 +118,8 @@ STAGES: dict[str, StageSpec] = {
             ("scrub", "align_data"),
             tokenizer.STAGE_VERSION,
             key_figure="bytes_per_token_val",
+            fingerprint=tokenizer_fingerprint,
+            keyed_files={"align_data": (EVAL_DOCUMENTS,)},  # new training pairs keep the pretrained model
         ),
         StageSpec(
             "pretrain",
@@ -105,7 +131,14 @@ STAGES: dict[str, StageSpec] = {
             key_figure="final/val_loss",
             gate=pretrain.gate,
         ),
-        StageSpec("sft", sft.sft, ("pretrain", "align_data"), sft.STAGE_VERSION, key_figure="eval_loss"),
+        StageSpec(
+            "sft",
+            sft.sft,
+            ("pretrain", "align_data"),
+            sft.STAGE_VERSION,
+            key_figure="eval_loss",
+            precheck=needs_alignment_data("sft"),
+        ),
         StageSpec(
             "reward",
             reward.reward,
@@ -113,6 +146,7 @@ STAGES: dict[str, StageSpec] = {
             reward.STAGE_VERSION,
             key_figure="eval_accuracy",
             gate=reward.gate,
+            precheck=needs_alignment_data("reward"),
         ),
         StageSpec(
             "judge",
@@ -121,6 +155,7 @@ STAGES: dict[str, StageSpec] = {
             judge.STAGE_VERSION,
             key_figure="eval_accuracy",
             gate=judge.gate,
+            precheck=needs_alignment_data("judge"),
         ),
         StageSpec(
             "ppo",
@@ -129,6 +164,7 @@ STAGES: dict[str, StageSpec] = {
             ppo.STAGE_VERSION,
             key_figure="reward_gain",
             gate=ppo.gate,
+            precheck=needs_alignment_data("ppo"),
         ),
         StageSpec(
             "evaluate",
@@ -137,13 +173,19 @@ STAGES: dict[str, StageSpec] = {
             evaluate.STAGE_VERSION,
             key_figure="eval/judge_win_rate_ppo_vs_sft",
             gate=evaluate.gate,
+            precheck=needs_alignment_data("evaluate"),
             fingerprint=evaluate_fingerprint,
         ),
     ]
 }
 # export writes the model card from every stage above, so its inputs are the whole registry so far
 STAGES["export"] = StageSpec(
-    "export", export.export, tuple(STAGES), export.STAGE_VERSION, key_figure="registered_model_version"
+    "export",
+    export.export,
+    tuple(STAGES),
+    export.STAGE_VERSION,
+    gate=export.gate,
+    key_figure="registered_model_version",
 )
 
 # Sub-flows: the stages each one ends with (upstream stages run or come from cache).

@@ -47,7 +47,8 @@ from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 2
+STAGE_VERSION = 3
+USER_MODULE = "user:"  # the `module` of a user row: "user:<dataset tag>"
 
 
 class AlignDataError(ValueError):
@@ -599,18 +600,22 @@ def user_records(
         if not rows:
             raise AlignDataError(f"{where}: the dataset has no rows")
         fraction = cfg.eval_fraction if src.eval_fraction is None else src.eval_fraction
+        split: dict[str, list[dict]] = {"train": [], "eval": []}
         for i, row in enumerate(rows):
             at = f"{where}: row {i + 1}"
             if not isinstance(row, dict):
                 raise AlignDataError(f"{at}: expected a JSON object, got {type(row).__name__}")
-            rec: dict[str, Any] = {"id": f"{src.tag}:{i}", "module": f"user:{src.tag}"}
+            rec: dict[str, Any] = {"id": f"{src.tag}:{i}", "module": f"{USER_MODULE}{src.tag}"}
             if kind == "sft":
                 rec["prompt"], rec["completion"] = sft_record(row, at)
             else:
                 rec["prompt"], rec["chosen"], rec["rejected"] = pref_record(row, at)
                 rec["rejected_kind"] = "user"
-            out[_split_of(rec["prompt"], fraction, cfg.seed)].append(rec)
+            split[_split_of(rec["prompt"], fraction, cfg.seed)].append(rec)
+        out["train"] += weighted(split["train"], src.weight, cfg.seed)
+        out["eval"] += split["eval"]
         counts[f"user_{kind}_{src.tag}"] = len(rows)
+        counts["user_rows"] += len(rows)
     return out
 
 
@@ -623,21 +628,22 @@ Files = dict[str, list[dict]]  # a file of the stage folder (alignment.SFT_FILES
 def align_data(
     cfg: AlignDataConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger
 ) -> StageReport:
-    """Build the pairs, give each top-level package a role, list the eval packages' documents, draw each
-    role's rejected answers, add the user datasets, write every file."""
+    """Build the pairs, give each top-level package a role, draw each role's rejected answers, add the
+    user datasets (mixed by weight), list every held-out row's text for decontamination, write every
+    file. No data at all is no error here: pretraining needs none (the alignment stages' prechecks fail)."""
     counts: Counter = Counter()
-    docs = module_documents(inputs, counts)
+    docs = module_documents(inputs, counts) if cfg.builtin else []
     pairs = builtin_pairs(cfg, docs, counts) if cfg.builtin else []
     per_package = Counter({top_package(d.meta["module"]): 0 for d in docs})
     per_package.update(top_package(p.module) for p in pairs)
     roles = assign_roles(dict(per_package), cfg)
-    write_eval_documents(docs, roles, out / EVAL_DOCUMENTS, counts)
     by_role: dict[str, list[Pair]] = {
         r: [p for p in pairs if roles[top_package(p.module)] == r] for r in ROLES
     }
     files = builtin_files(cfg, by_role, counts)
     add_user_rows(cfg, files, bool(by_role["judge"]), bool(by_role["ppo"]), counts)
-    write_files(cfg, out, files, counts)
+    write_eval_documents(docs, roles, files, out / EVAL_DOCUMENTS, counts)
+    note = write_files(cfg, out, files, counts)
     count_roles(by_role, roles, counts)
     log_sample(log_, files[PREF_FILES["train"]][:20])
     log.info("align_data: %s", dict(counts))
@@ -648,6 +654,7 @@ def align_data(
             "eval_modules": sorted({p.module for p in by_role["eval"]}),
             "packages": {r: sorted(k for k, v in roles.items() if v == r) for r in ROLES},
             "files": {**SFT_FILES, **PREF_FILES, "ppo_prompts": PPO_PROMPTS},
+            **({"note": note} if note else {}),
         },
     )
 
@@ -663,69 +670,141 @@ def module_documents(inputs: dict[str, Manifest], counts: Counter) -> list[Docum
     return docs
 
 
-def write_eval_documents(docs: list[Document], roles: dict[str, str], path: Path, counts: Counter) -> None:
-    """List the eval packages' documents: what the tokenizer decontaminates the pretraining data against."""
+def write_eval_documents(
+    docs: list[Document], roles: dict[str, str], files: Files, path: Path, counts: Counter
+) -> None:
+    """List what evaluation reads, for the tokenizer to decontaminate the pretraining data against: the
+    eval packages' documents and the text of every held-out user row (all its messages)."""
     with JsonlWriter(path) as held_out:
         for doc in docs:
             if roles[top_package(doc.meta["module"])] == "eval":
                 held_out.write({"id": doc.id, "text": doc.text})
+        builtin = held_out.count
+        seen = set()
+        for name in (SFT_FILES["eval"], PREF_FILES["eval"]):
+            for row in files[name]:
+                if not row["module"].startswith(USER_MODULE) or row["id"] in seen:
+                    continue
+                seen.add(row["id"])
+                held_out.write({"id": row["id"], "text": row_text(row)})
     counts["eval_documents"] = held_out.count
+    counts["eval_documents_user"] = held_out.count - builtin
+
+
+def row_text(row: dict[str, Any]) -> str:
+    """Every message content of an SFT or preference row, one per line."""
+    fields = ("prompt", "completion", "chosen", "rejected")
+    return "\n".join(m["content"] for f in fields for m in row.get(f, []))
 
 
 def builtin_files(cfg: AlignDataConfig, by_role: dict[str, list[Pair]], counts: Counter) -> Files:
     """Every role's rows: SFT on all roles but eval, the rm's and the judge's pairs (each drawn from its
-    own role's answers, the judge's with its own seed), one pair per kind per eval prompt, PPO prompts."""
+    own role's answers, the judge's with its own seed), one pair per kind per eval prompt, PPO prompts;
+    the training files weighted by `builtin_weight`."""
 
     def draw(role: str, per_prompt: int | None, seed: int) -> list[dict]:
         return Negatives.of(by_role[role], cfg).draw(by_role[role], per_prompt, seed, counts)
 
+    def train(rows: list[dict]) -> list[dict]:
+        return weighted(rows, cfg.builtin_weight, cfg.seed)
+
     return {
-        SFT_FILES["train"]: [sft_row(p) for r in ("rm", "judge", "ppo") for p in by_role[r]],
+        SFT_FILES["train"]: train([sft_row(p) for r in ("rm", "judge", "ppo") for p in by_role[r]]),
         SFT_FILES["eval"]: [sft_row(p) for p in by_role["eval"]],
-        PREF_FILES["train"]: draw("rm", cfg.rejected_per_prompt, cfg.seed),
-        PREF_FILES["judge"]: draw("judge", cfg.rejected_per_prompt, cfg.judge_seed),
+        PREF_FILES["train"]: train(draw("rm", cfg.rejected_per_prompt, cfg.seed)),
+        PREF_FILES["judge"]: train(draw("judge", cfg.rejected_per_prompt, cfg.judge_seed)),
         PREF_FILES["eval"]: draw("eval", None, cfg.seed),
-        PPO_PROMPTS: [sft_row(p) for p in by_role["ppo"]],
+        PPO_PROMPTS: train([sft_row(p) for p in by_role["ppo"]]),
     }
+
+
+def weighted(rows: list[dict], weight: float, seed: int) -> list[dict]:
+    """The rows mixed in at `weight`: each row `int(weight)` times, plus once more for the share
+    `weight % 1` of prompts (by a seeded prompt hash, so a prompt's preference rows stay together);
+    repeats get an id suffix `~k`. Weight 1 returns the rows as they are."""
+    if weight == 1.0:
+        return rows
+    whole, part = int(weight), weight - int(weight)
+    out = []
+    for row in rows:
+        for k in range(whole + (_prompt_fraction(row, seed) < part)):
+            out.append(row if k == 0 else {**row, "id": f"{row['id']}~{k}"})
+    return out
 
 
 def add_user_rows(
     cfg: AlignDataConfig, files: Files, has_judge: bool, has_ppo: bool, counts: Counter
 ) -> None:
-    """The user datasets, split train/eval by prompt hash: SFT rows to sft/, preference rows to the rm
-    role. With no built-in judge pairs the judge takes a seeded share of the user preference rows (gone
-    from the rm role); with no built-in PPO prompts, PPO gets the user SFT training rows."""
+    """The user datasets, split train/eval by prompt hash, training rows weighted: SFT rows to sft/,
+    preference rows to the rm role. With no built-in judge pairs the judge takes a seeded share of the
+    user preference rows (gone from the rm role); with no built-in PPO prompts, PPO gets the user SFT
+    training rows, or with none of those a seeded share of the preference rows (see AlignDataConfig)."""
     sft = user_records(cfg.sft_datasets, "sft", cfg, counts)
     prefs = user_records(cfg.pref_datasets, "prefs", cfg, counts)
     files[SFT_FILES["train"]] += sft["train"]
     files[SFT_FILES["eval"]] += sft["eval"]
     files[PREF_FILES["eval"]] += prefs["eval"]
-    rm, judge = prefs["train"], []
+    shares = {"rm": cfg.role_shares["rm"]}
     if not has_judge:
-        share = cfg.role_shares.get("judge", 0.0) / (
-            cfg.role_shares["rm"] + cfg.role_shares.get("judge", 0.0)
-        )
-        judge = [r for r in rm if _prompt_fraction(r, cfg.judge_seed) < share]
-        rm = [r for r in rm if _prompt_fraction(r, cfg.judge_seed) >= share]
-    files[PREF_FILES["train"]] += rm
-    files[PREF_FILES["judge"]] += judge
+        shares["judge"] = cfg.role_shares.get("judge", 0.0)
+    if not has_ppo and not sft["train"]:
+        shares["ppo"] = cfg.role_shares.get("ppo", 0.0)
+    split = split_user_prefs(prefs["train"], shares, cfg.judge_seed)
+    files[PREF_FILES["train"]] += split["rm"]
+    files[PREF_FILES["judge"]] += split.get("judge", [])
     if not has_ppo:
-        files[PPO_PROMPTS] += sft["train"]
+        files[PPO_PROMPTS] += sft["train"] or [ppo_prompt(r) for r in split.get("ppo", [])]
+
+
+def split_user_prefs(rows: list[dict], shares: dict[str, float], seed: int) -> dict[str, list[dict]]:
+    """User preference rows shared by the roles in `shares` (rm first, then judge, then ppo) by a seeded
+    hash of the prompt: all rows of one prompt go to one role."""
+    total = sum(shares.values())
+    bounds, edge = [], 0.0
+    for role, share in shares.items():
+        edge += share / total
+        bounds.append((role, edge))
+    out: dict[str, list[dict]] = {role: [] for role in shares}
+    for row in rows:
+        x = _prompt_fraction(row, seed)
+        out[next((r for r, b in bounds if x < b), bounds[-1][0])].append(row)
+    return out
+
+
+def ppo_prompt(row: dict[str, Any]) -> dict[str, Any]:
+    """A preference row as a PPO prompt: its chosen answer is the reference."""
+    return {"id": row["id"], "module": row["module"], "prompt": row["prompt"], "completion": row["chosen"]}
 
 
 def _prompt_fraction(row: dict, seed: int) -> float:
     return hash_fraction(json.dumps(row["prompt"], sort_keys=True), seed)
 
 
-def write_files(cfg: AlignDataConfig, out: Path, files: Files, counts: Counter) -> None:
+NO_DATA = (
+    "no alignment data: the built-in pairs gave none (they need pydocs documents with docstrings; "
+    "align_data.builtin={builtin}) and align_data.sft_datasets / align_data.pref_datasets are empty. "
+    "Pretraining needs none; the alignment stages (sft, reward, judge, ppo, evaluate) do: set "
+    "align_data.sft_datasets (trl 'messages' or 'prompt'/'completion' rows) and align_data.pref_datasets "
+    "('prompt'/'chosen'/'rejected' rows), local .jsonl/.json/.parquet files or Hub dataset ids"
+)
+
+
+def write_files(cfg: AlignDataConfig, out: Path, files: Files, counts: Counter) -> str | None:
     """Every file in a seeded hash order (the first rows are a random sample, not one module), with its
-    counts; no training or no eval pairs at all fails the stage."""
-    for split in ("train", "eval"):
-        if not files[SFT_FILES[split]] and not files[PREF_FILES[split]]:
-            raise AlignDataError(
-                f"align_data made no {split} pairs (eval_fraction={cfg.eval_fraction}, role_shares="
-                f"{dict(cfg.role_shares)}): collect more documents or change align_data.eval_fraction/seed"
-            )
+    counts. No data at all gives empty files and a note (returned); data without a train or an eval
+    split fails the stage."""
+    note = None
+    if not any(files.values()):
+        note = NO_DATA.format(builtin=cfg.builtin)
+        log.warning("align_data: %s", note)
+    else:
+        for split in ("train", "eval"):
+            if not files[SFT_FILES[split]] and not files[PREF_FILES[split]]:
+                raise AlignDataError(
+                    f"align_data made no {split} pairs (eval_fraction={cfg.eval_fraction}, role_shares="
+                    f"{dict(cfg.role_shares)}, {counts['user_rows']} user rows): change "
+                    "align_data.eval_fraction/seed (or a dataset's eval_fraction), or add data"
+                )
     names = {
         SFT_FILES["train"]: "sft_train",
         SFT_FILES["eval"]: "sft_eval",
@@ -742,8 +821,9 @@ def write_files(cfg: AlignDataConfig, out: Path, files: Files, counts: Counter) 
         for kind, n in Counter(r["rejected_kind"] for r in rows if "rejected_kind" in r).items():
             counts[f"rejected_{kind}_{split}"] = n
     for role in ("judge", "ppo"):
-        if not files[PREF_FILES["judge"] if role == "judge" else PPO_PROMPTS]:
+        if note is None and not files[PREF_FILES["judge"] if role == "judge" else PPO_PROMPTS]:
             log.warning("align_data: the %s role has no rows (role_shares=%s)", role, dict(cfg.role_shares))
+    return note
 
 
 def count_roles(by_role: dict[str, list[Pair]], roles: dict[str, str], counts: Counter) -> None:

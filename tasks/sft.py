@@ -37,6 +37,7 @@ from tasks.common.training import (
     lora_config,
     loss_ends,
     remove_trainer_dir,
+    save_adapter,
     warn_if_longer_than_trained,
 )
 
@@ -189,8 +190,7 @@ def fit(trainer: Any, evaluate: bool, callback: MetricLoggerCallback) -> dict[st
 
 def save_outputs(peft_model: Any, tok: Any, out: Path) -> Any:
     """Write `adapter/` (adapter + tokenizer) and `model/` (merged + tokenizer); returns the merged model."""
-    peft_model.save_pretrained(str(out / "adapter"))
-    tok.save_pretrained(str(out / "adapter"))
+    save_adapter(peft_model, tok, out / "adapter")
     merged = peft_model.merge_and_unload()
     save_model_folder(merged, tok, out / "model")
     remove_trainer_dir(out)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import gzip
 import io
 import json
 import logging
@@ -21,13 +20,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import zstandard
 
 from conf.collect import FilesSource, HfSource, WarcSource
 from tasks.common.data import Document
-from tasks.common.jsonl import JsonlWriter, json_lines
+from tasks.common.jsonl import JsonlWriter, json_lines, open_bytes
+from tasks.common.pii import mask_id, mask_text, mask_value
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ class SourceStats:
     def problem(
         self, reason: str, file: str | Path, error: object, line: int | None = None, **where: Any
     ) -> None:
-        """An unreadable file or broken record: raise under `fail`, else count and list it, then go on."""
+        """An unreadable file or broken record: raise under `fail`, else count and list it, then go on.
+
+        File names, ids and messages may hold PII (a record's text can be quoted in an error): they are
+        masked before they reach the log, the exception or `rejects.jsonl`."""
+        file, error, where = mask_id(str(file)), mask_text(str(error)), mask_value(where)
         loc = f"{file}:{line}" if line is not None else str(file)
         extra = "".join(f" ({k} {v})" for k, v in where.items())
         if self.on_error == "fail":
@@ -70,7 +74,7 @@ class SourceStats:
         if self.rejects_sink is not None:
             rec = {
                 "source": self.label,
-                "file": str(file),
+                "file": file,
                 "line": line,
                 **where,
                 "reason": reason,
@@ -93,50 +97,6 @@ class SourceStats:
 
 # ---------------------------------------------------------------------------------------------
 # opening files
-
-
-class ZstdReader(io.RawIOBase):
-    """A .zst file's content, frame by frame. Unlike zstandard's `stream_reader`, a truncated file raises."""
-
-    def __init__(self, path: Path):
-        self._fh = open(path, "rb")
-        self._dec: Any = None
-        self._buf = b""
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while self._pos >= len(self._buf):
-            rest = b""
-            if self._dec is not None and self._dec.eof:  # a frame ended; another may follow
-                rest, self._dec = self._dec.unused_data, None
-            chunk = rest or self._fh.read(1 << 16)
-            if not chunk:
-                if self._dec is not None:
-                    raise EOFError("zstd stream ended before the end of its frame (truncated file?)")
-                return 0
-            if self._dec is None:
-                self._dec = zstandard.ZstdDecompressor().decompressobj()
-            self._buf, self._pos = self._dec.decompress(chunk), 0
-        n = min(len(b), len(self._buf) - self._pos)
-        b[:n] = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-def open_bytes(path: Path) -> IO[bytes]:
-    """The file's content as a binary stream, decompressing .gz and .zst (truncation raises EOFError)."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if path.suffix == ".zst":
-        return io.BufferedReader(ZstdReader(path), 1 << 16)
-    return open(path, "rb")
 
 
 def file_format(path: Path) -> str | None:
@@ -221,7 +181,7 @@ def read_jsonl_lines(
             yield line
 
     try:
-        for line in json_lines(counted()):
+        for line in json_lines(counted(), check_surrogates=True):
             if line.error is not None:
                 stats.problem("bad_json", path, line.error, line=line.lineno)
                 continue

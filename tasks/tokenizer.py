@@ -1,11 +1,19 @@
 """Stage `tokenizer`: byte-level BPE trained on the decontaminated corpus, then the corpus as token shards.
 
 1. Plan: every document goes to `train` or `val` (by id hash) or is dropped because it is, or overlaps
-   (shares a long word n-gram with), a document align_data holds out for evaluation.
+   (shares a long word n-gram with), an evaluation document: align_data's held-out rows (the built-in
+   eval packages' documents, the user datasets' eval rows) and the files of `decontam_files`. With no
+   evaluation set at all the step is skipped, with a note in the log and the manifest.
 2. Train byte-level BPE (HF `tokenizers`) on the train split only, so bytes/token on `val` is honest.
 3. Save it as a `transformers` tokenizer folder (special tokens, chat template with `{% generation %}`
    markers for trl's assistant-only loss) and encode both splits into `tasks.common.tokens` shards,
    each document followed by EOS.
+
+Memory stays bounded whatever the corpus size: every pass streams the document shards (the plan keeps
+one byte per document), BPE training reads a generator, and token shards are appended batch by batch.
+Every core works: the decontamination pass runs per corpus shard in a process pool (`workers`), and
+`encode_batch` runs on the tokenizers library's Rayon threads (TOKENIZERS_PARALLELISM=true while the
+stage runs) while a reader thread parses the next batch.
 """
 
 from __future__ import annotations
@@ -14,10 +22,13 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -25,8 +36,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from conf.tokenizer import SPECIAL_TOKENS, TokenizerConfig
 from tasks.common.alignment import EVAL_DOCUMENTS
 from tasks.common.artifacts import Manifest
-from tasks.common.data import Document, read_documents
+from tasks.common.data import Document, read_documents, read_shard, shard_paths
 from tasks.common.jsonl import JsonlWriter, iter_jsonl
+from tasks.common.pool import OrderedPool
 from tasks.common.splits import hash_fraction
 from tasks.common.stage import StageReport
 from tasks.common.tokens import INDEX_FILE, TokenShardWriter
@@ -34,6 +46,7 @@ from tasks.common.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
 STAGE_VERSION = 1
+T = TypeVar("T")
 
 TOKENIZER_DIR = "tokenizer"
 ALIGN_INPUT = "align_data"
@@ -59,6 +72,7 @@ CHAT_TEMPLATE = (
 )
 
 _WORDS = re.compile(r"\w+")
+EVAL_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 
 
 # ---------------------------------------------------------------- splits and decontamination
@@ -88,15 +102,8 @@ class Decontaminator:
                 for gram in word_ngrams(d["text"], ngram):
                     self.bank.setdefault(gram, str(d["id"]))
 
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, ngram: int) -> Decontaminator:
-        path = manifest.file(EVAL_DOCUMENTS)
-        docs = []
-        for lineno, rec in iter_jsonl(path):
-            if not (isinstance(rec, dict) and "id" in rec and isinstance(rec.get("text"), str)):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with 'id' and 'text'")
-            docs.append({"id": rec["id"], "text": rec["text"]})
-        return cls(docs, ngram)
+    def __bool__(self) -> bool:
+        return bool(self.ids)
 
     def check(self, doc: Document) -> dict | None:
         """None to keep the document, else a record of why it is dropped."""
@@ -107,6 +114,73 @@ class Decontaminator:
                 if gram in self.bank:
                     return {"id": doc.id, "reason": "overlap", "eval_id": self.bank[gram], "ngram": gram}
         return None
+
+
+def align_eval_documents(manifest: Manifest) -> list[dict]:
+    """align_data's held-out rows as `{id, text}` (none in a folder without eval documents)."""
+    if EVAL_DOCUMENTS not in manifest.files:
+        return []
+    path = manifest.file(EVAL_DOCUMENTS)
+    docs = []
+    for lineno, rec in iter_jsonl(path):
+        if not (isinstance(rec, dict) and "id" in rec and isinstance(rec.get("text"), str)):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with 'id' and 'text'")
+        docs.append({"id": str(rec["id"]), "text": rec["text"]})
+    return docs
+
+
+def eval_file_documents(entries: list[str]) -> list[dict]:
+    """The rows of the user's evaluation files (`decontam_files`: files or folders of them) as `{id,
+    text}`: every string in a row (nested ones too, e.g. message contents) is eval text; a .txt file is
+    one document. Ids are `file:row`, so no corpus document is dropped as "listed" by accident."""
+    docs = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if not path.exists():
+            raise ValueError(f"tokenizer.decontam_files: {entry} does not exist")
+        files = (
+            sorted(f for f in path.rglob("*") if f.suffix in EVAL_FILE_SUFFIXES) if path.is_dir() else [path]
+        )
+        for f in files:
+            for i, row in enumerate(_eval_rows(f)):
+                text = "\n".join(_strings(row))
+                if text:
+                    docs.append({"id": f"eval:{f}:{i + 1}", "text": text})
+    return docs
+
+
+def _eval_rows(path: Path) -> Iterator[Any]:
+    if path.suffix == ".txt":
+        yield path.read_text(encoding="utf-8")
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(path).to_pylist()
+    elif path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
+        yield from json.loads(path.read_text(encoding="utf-8"))
+    elif path.suffix in (".jsonl", ".json"):
+        for _, row in iter_jsonl(path):
+            yield row
+    else:
+        raise ValueError(f"tokenizer.decontam_files: {path}: expected {', '.join(EVAL_FILE_SUFFIXES)}")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def evaluation_documents(cfg: TokenizerConfig, align: Manifest | None) -> tuple[list[dict], dict[str, int]]:
+    """Every evaluation document the corpus is decontaminated against, and how many each source gave."""
+    held_out = align_eval_documents(align) if align else []
+    files = eval_file_documents(cfg.decontam_files)
+    return held_out + files, {"align_data": len(held_out), "decontam_files": len(files)}
 
 
 # ---------------------------------------------------------------- the tokenizer
@@ -205,36 +279,52 @@ def train_tokenizer(
 ) -> StageReport:
     """Plan the splits (decontaminating), train on train, save, encode both splits, then report."""
     corpus = document_input(inputs)
-    align = inputs.get(ALIGN_INPUT)
-    decon = Decontaminator.from_manifest(align, cfg.decontam_ngram) if align else None
+    eval_docs, eval_sources = evaluation_documents(cfg, inputs.get(ALIGN_INPUT))
+    note = None
+    if not eval_docs:
+        note = (
+            "decontamination skipped: no evaluation set (align_data held out no rows, "
+            "tokenizer.decontam_files is empty)"
+        )
+        log.warning("tokenizer: %s", note)
     reports = out / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    plan, reasons = plan_splits(corpus, decon, cfg, reports / "decontaminated.jsonl")
+    plan, reasons = plan_splits(corpus, eval_docs, cfg, reports / "decontaminated.jsonl")
     with tokenizers_parallelism(cfg.parallel):
         tok = train_bpe(_train_texts(corpus, plan, cfg.train_max_chars), cfg, length=plan.count(TRAIN))
         wrap(tok, cfg.model_max_length).save_pretrained(str(out / TOKENIZER_DIR))
         ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
         encoded = encode_corpus(tok, corpus, plan, cfg, out, ids)
     write_reports(tok, corpus, plan, encoded.usage, reports, out, log_)
-    return stage_report(plan, reasons, encoded, ids, tok.get_vocab_size(), align)
+    report = stage_report(plan, reasons, encoded, ids, tok.get_vocab_size(), inputs.get(ALIGN_INPUT))
+    report.counts.update({f"eval_docs_{k}": v for k, v in eval_sources.items()})
+    if note:
+        report.extra["decontamination"] = note
+    return report
 
 
 def plan_splits(
-    corpus: Manifest, decon: Decontaminator | None, cfg: TokenizerConfig, dropped_path: Path
+    corpus: Manifest, eval_docs: list[dict], cfg: TokenizerConfig, dropped_path: Path
 ) -> tuple[bytearray, dict[str, int]]:
     """A split (or DROP) per document, in corpus order, and the drops by reason (each listed in
-    `dropped_path`); fails when either split would be empty."""
+    `dropped_path`); fails when either split would be empty. Shards are planned in a process pool (each
+    worker holds the eval n-grams), results joined in shard order: the plan never depends on `workers`."""
     plan = bytearray()
     reasons: dict[str, int] = {}
-    with JsonlWriter(dropped_path) as dropped:
-        for doc in read_documents(corpus):
-            why = decon.check(doc) if decon else None
-            if why:
+    paths = [str(p) for p in shard_paths(corpus)]
+    workers = min(cfg.workers or os.cpu_count() or 1, len(paths)) if eval_docs else 1
+    setup = (eval_docs, cfg.decontam_ngram, cfg.val_fraction, cfg.split_seed)
+    with (
+        JsonlWriter(dropped_path) as dropped,
+        OrderedPool(workers, initializer=_start_planner, initargs=setup) as pool,
+    ):
+        if pool.in_process:
+            _start_planner(*setup)
+        for shard_plan, drops in pool.map(_plan_shard, paths):
+            plan += shard_plan
+            for why in drops:
                 reasons[why["reason"]] = reasons.get(why["reason"], 0) + 1
                 dropped.write(why)
-                plan.append(DROP)
-            else:
-                plan.append(split_of(doc.id, cfg.val_fraction, cfg.split_seed))
     n_docs = {s: plan.count(s) for s in (DROP, TRAIN, VAL)}
     if n_docs[VAL] == 0 or n_docs[TRAIN] == 0:
         raise ValueError(
@@ -243,6 +333,27 @@ def plan_splits(
             f"adjust tokenizer.val_fraction={cfg.val_fraction} or feed more documents"
         )
     return plan, reasons
+
+
+_PLANNER: dict[str, Any] = {}  # what `_plan_shard` needs, set once per worker by `_start_planner`
+
+
+def _start_planner(eval_docs: list[dict], ngram: int, val_fraction: float, seed: int) -> None:
+    _PLANNER.update(decon=Decontaminator(eval_docs, ngram), val_fraction=val_fraction, seed=seed)
+
+
+def _plan_shard(path: str) -> tuple[bytearray, list[dict]]:
+    """One corpus shard's plan bytes and the records of its dropped documents."""
+    decon: Decontaminator = _PLANNER["decon"]
+    plan, drops = bytearray(), []
+    for doc in read_shard(Path(path)):
+        why = decon.check(doc) if decon else None
+        if why:
+            drops.append(why)
+            plan.append(DROP)
+        else:
+            plan.append(split_of(doc.id, _PLANNER["val_fraction"], _PLANNER["seed"]))
+    return plan, drops
 
 
 @dataclass
@@ -274,18 +385,19 @@ def encode_corpus(
     text_bytes = {TRAIN: 0, VAL: 0}
     text_tokens = {TRAIN: 0, VAL: 0}
     usage = np.zeros(vocab_size, dtype=np.int64)
-    for batch in _batches(corpus, plan, cfg.batch_docs):
-        encodings = tok.encode_batch([d.text for _, d in batch])
+    for batch in prefetched(_batches(corpus, plan, cfg.batch_docs)):
+        encodings = tok.encode_batch([d.text for _, d in batch])  # Rayon threads, the GIL released
         for split in (TRAIN, VAL):
-            arrays = []
+            ids_: list[int] = []
             for (s, doc), enc in zip(batch, encodings, strict=True):
                 if s != split:
                     continue
-                arrays.append(np.asarray(enc.ids + [ids[EOS]], dtype=np.int64))
+                ids_ += enc.ids
+                ids_.append(ids[EOS])
                 text_bytes[split] += len(doc.text.encode("utf-8"))
                 text_tokens[split] += len(enc.ids)
-            if arrays:
-                arr = np.concatenate(arrays)
+            if ids_:
+                arr = np.asarray(ids_, dtype=np.int64)
                 usage += np.bincount(arr, minlength=vocab_size)
                 writer.write(SPLIT_NAMES[split], arr)
     return Encoded(writer.close(), text_bytes, text_tokens, usage)
@@ -370,6 +482,45 @@ def _train_texts(corpus: Manifest, plan: bytearray, max_chars: int | None) -> It
             return
         chars += len(doc.text)
         yield doc.text
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """`items`, produced by a reader thread up to `depth` ahead: parsing the next batch's JSON overlaps
+    the current `encode_batch`, which releases the GIL. An error in the reader is raised here."""
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer is gone
+
+    def read() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as e:  # handed to the consumer
+            put((False, e))
+
+    reader = threading.Thread(target=read, name="tokenizer-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _batches(corpus: Manifest, plan: bytearray, size: int) -> Iterator[list[tuple[int, Document]]]:

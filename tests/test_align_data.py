@@ -347,8 +347,54 @@ def test_config_keys_cache_on_dataset_content_and_validates(tmp_path):
         AlignDataConfig(rejected_weights={"truncated": -1.0})
     with pytest.raises(ValidationError, match="role_shares"):
         AlignDataConfig(role_shares={"rm": 0.0, "judge": 1.0})
-    with pytest.raises(ValidationError, match="no sft_datasets"):
-        AlignDataConfig(builtin=False)
+    assert not AlignDataConfig(builtin=False).has_sources  # valid: pretraining needs no alignment data
+
+
+def test_no_alignment_data_writes_empty_files_and_a_note(tmp_path):
+    plain = [Document(f"d{i}", "Some web text without any module. " * 5, "files") for i in range(5)]
+    report, out = run(tmp_path, AlignDataConfig(), plain)  # builtin on, but no pydocs documents
+    f = read_files(out)
+    assert not any(f.values()) and report.counts["sft_train"] == report.counts["eval_documents"] == 0
+    assert (
+        "align_data.sft_datasets" in report.extra["note"]
+        and "align_data.pref_datasets" in report.extra["note"]
+    )
+
+
+def test_user_eval_rows_are_eval_documents_and_weights_mix(tmp_path):
+    prefs = write_jsonl(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": f"Bad {i}."}
+            for i in range(40)
+        ],
+    )
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl", [{"prompt": f"P{i}", "completion": f"C{i}"} for i in range(40)]
+    )
+    base = dict(builtin=False, eval_fraction=0.25, pref_datasets=[DatasetSource(path=str(prefs))])
+    cfg = AlignDataConfig(**base, sft_datasets=[DatasetSource(path=str(chat), weight=2.5)])
+    report, out = run(tmp_path, cfg, corpus(2))
+    f = read_files(out)
+    held = read_jsonl(out / "eval_documents.jsonl")
+    assert len(held) == len(f["sft_eval"]) + len(f["prefs_eval"]) == report.counts["eval_documents_user"] > 0
+    by_id = {r["id"]: r["text"] for r in held}
+    row = f["prefs_eval"][0]
+    assert by_id[row["id"]] == "\n".join(
+        [row["prompt"][0]["content"], row["chosen"][0]["content"], row["rejected"][0]["content"]]
+    )
+    train_ids = [r["id"] for r in f["sft_train"]]
+    originals = {i.split("~")[0] for i in train_ids}
+    assert len(originals) == 40 - len(f["sft_eval"])  # every training row at least twice
+    assert 2.1 < len(train_ids) / len(originals) < 2.9 and all(f"{i}~1" in train_ids for i in originals)
+    # no SFT rows and no built-in PPO prompts: a seeded share of the preference rows become PPO prompts
+    report, out = run(tmp_path / "b", AlignDataConfig(**base), corpus(2))
+    f = read_files(out)
+    rm, judge, ppo = ({r["id"] for r in f[k]} for k in ("prefs_train", "prefs_judge", "ppo"))
+    assert rm and judge and ppo and not (rm & judge or rm & ppo or judge & ppo)
+    assert len(rm) + len(judge) + len(ppo) + len(f["prefs_eval"]) == 40
+    first = f["ppo"][0]
+    assert first["completion"][0]["content"].startswith("Good answer")
 
 
 def test_empty_eval_split_is_an_error_naming_the_knob(tmp_path):

@@ -89,3 +89,87 @@ def test_unknown_key_inside_a_tagged_source_lists_its_fields():
         load_config("tiny", overrides=["collect.sources=[{kind: pydocs, bogus: 1}]"])
     assert "collect.sources.0.pydocs.bogus: unknown key; allowed keys here:" in str(e.value)
     assert "min_chars" in str(e.value)
+
+
+# ---- issue 15: files, numbers, duplicate keys and preset names -----------------------------------------
+
+
+def test_config_file_that_is_missing_a_folder_or_binary_is_a_clear_error(tmp_path, capsys):
+    from flows.cli import main
+
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    cases = {
+        str(tmp_path / "nope.yaml"): "not found",
+        str(tmp_path): "is a folder",
+        str(binary): "not a YAML text file (byte 0x80 is not UTF-8)",
+    }
+    for path, problem in cases.items():
+        assert main(["show-config", "--config", path]) == 2
+        err = capsys.readouterr().err
+        assert path in err and problem in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "override, path",
+    [
+        ("pretrain.lr=.inf", "pretrain.lr"),
+        ("pretrain.min_lr_ratio=.nan", "pretrain.min_lr_ratio"),
+        ("sft.warmup_ratio=-.inf", "sft.warmup_ratio"),
+        ("collect.sources=[{kind: pydocs, weight: .inf}]", "collect.sources.0"),
+    ],
+)
+def test_nan_and_infinity_are_rejected(override, path):
+    with pytest.raises(ConfigError, match=rf"{path}"):
+        load_config("tiny", overrides=[override])
+
+
+def test_nan_and_infinity_in_a_yaml_file_are_rejected(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("pretrain:\n  lr: .inf\n")
+    with pytest.raises(ConfigError, match=r"pretrain\.lr: must be a finite number \(got inf\)"):
+        load_config("tiny", f)
+
+
+def test_booleans_are_not_numbers():
+    with pytest.raises(ConfigError, match=r"pretrain\.max_steps: expected a number, got true/false"):
+        load_config("tiny", overrides=["pretrain.max_steps=true"])
+    with pytest.raises(ConfigError, match=r"sft\.learning_rate"):
+        load_config("tiny", overrides=["sft.learning_rate=false"])
+    with pytest.raises(ConfigError, match=r"collect\.sources\.0\.max_docs"):
+        load_config("tiny", overrides=["collect.sources=[{kind: pydocs, max_docs: true}]"])
+    # booleans still set boolean fields, and numbers still set number fields
+    cfg = load_config("tiny", overrides=["sft.bf16=true", "dedup.normalize=false", "pretrain.max_steps=700"])
+    assert cfg.sft.bf16 is True and cfg.dedup.normalize is False and cfg.pretrain.max_steps == 700
+
+
+def test_duplicate_yaml_keys_are_rejected_with_their_line(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text("pretrain:\n  lr: 0.1\ndedup:\n  normalize: false\npretrain:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match=rf"{f}:5: duplicate key 'pretrain' \(first at line 1\)"):
+        load_config("tiny", f)
+    f.write_text("pretrain:\n  lr: 0.1\n  max_steps: 3\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=rf"{f}:4: duplicate key 'lr' \(first at line 2\)"):
+        load_config("tiny", f)
+    # a merge key (`<<`) may be overridden: that is what it is for
+    f.write_text("x-base: &base {lr: 0.1, max_steps: 3}\npretrain:\n  <<: *base\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="x-base: unknown key"):  # loads; only the anchor key is foreign
+        load_config("tiny", f)
+
+
+def test_presets_are_names_not_paths(tmp_path):
+    outside = tmp_path / "x.yaml"
+    outside.write_text("name: outside\n")
+    for name in ("../../x", str(outside.with_suffix("")), "presets/tiny", "tiny/../tiny"):
+        with pytest.raises(ConfigError, match="unknown preset .*available presets: .*tiny"):
+            load_config(name)
+
+
+def test_a_preset_extending_itself_is_an_error(tmp_path, monkeypatch):
+    import conf.loader as loader
+
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    monkeypatch.setattr(loader, "PRESETS_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="preset 'a' extends itself: a -> b -> a"):
+        load_config("a")

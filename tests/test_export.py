@@ -43,6 +43,8 @@ EVAL = EvaluateConfig(
     max_kl=None,
 )
 NAME = "lmforge-card-test"
+# the quantized exports' checks at test size (the tiny lineage's models are barely trained anyway)
+SMALL_VERIFY = {"verify_val_tokens": 2048, "verify_prompts": 6, "verify_max_new_tokens": 12}
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +53,12 @@ def exported(tmp_path_factory, mlflow_uri):
     tracker = Tracker(mlflow_uri, "export-test", artifact_location=root / "mlruns")
     parent = tracker.start_pipeline("export-test", params={}, tags={})
     stages = build_lineage(root, tracker, parent.run_id, sft_steps=20)
-    cfg = SimpleNamespace(evaluate=EVAL, export=ExportConfig(registered_model_name=NAME))
+    cfg = SimpleNamespace(evaluate=EVAL, export=ExportConfig(registered_model_name=NAME, **SMALL_VERIFY))
     spec = StageSpec("evaluate", ev.evaluate, ev.INPUTS, ev.STAGE_VERSION, gate=ev.gate)
     stages["evaluate"] = run_stage(
         spec, cfg, {k: stages[k] for k in ev.INPUTS}, root, tracker, parent.run_id
     ).manifest
-    spec = StageSpec("export", mc.export, tuple(stages), mc.STAGE_VERSION)
+    spec = StageSpec("export", mc.export, tuple(stages), mc.STAGE_VERSION, gate=mc.gate)
     result = run_stage(spec, cfg, dict(stages), root, tracker, parent.run_id)
     tracker.end(parent)
     card = ModelCard.load(result.manifest.dir / "model" / "README.md")
@@ -209,7 +211,7 @@ def test_exported_folder_loads_and_holds_the_ppo_weights(exported):
 
 
 def test_export_without_tracking_skips_registration(exported, tmp_path):
-    report = mc.export(ExportConfig(), dict(exported.stages), tmp_path, MetricLogger())
+    report = mc.export(ExportConfig(quantize=[]), dict(exported.stages), tmp_path, MetricLogger())
     assert "registered_model_version" not in report.extra
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert "from the stage manifest" in section(card, "Training procedure")
@@ -229,3 +231,91 @@ def test_lineage_comes_from_the_input_manifests(exported, caplog):
         alone = mc.lineage({"evaluate": exported.stages["evaluate"]})
     assert set(alone) == {"evaluate"}
     assert "lineage: evaluate's input ppo" in caplog.text and "not among export's inputs" in caplog.text
+
+
+# --- quantized exports ------------------------------------------------------------------------------
+
+FORMATS = ("int8", "gguf_f16", "gguf_q8_0")
+
+
+def test_quantized_exports_are_written_verified_and_logged(exported):
+    m = exported.manifest
+    logged = exported.client.get_run(m.mlflow_run_id).data.metrics
+    assert set(m.extra["quantized"]) == set(FORMATS)
+    assert "int8/model.safetensors" in m.files and "gguf/model-q8_0.gguf" in m.files  # content-hashed
+    full = m.metrics["export/full/file_bytes"]
+    for fmt in FORMATS:
+        for name in ("ppl", "ppl_change", "token_agreement", "exact_match", "file_bytes", "tokens_per_s"):
+            key = f"export/{fmt}/{name}"
+            assert logged[key] == pytest.approx(m.metrics[key]), key
+        assert abs(m.metrics[f"export/{fmt}/ppl_change"]) <= ExportConfig().max_ppl_increase[fmt]
+        assert m.metrics[f"export/{fmt}/ppl"] == pytest.approx(
+            m.metrics["export/full/ppl"] * (1 + m.metrics[f"export/{fmt}/ppl_change"])
+        )
+        assert 0.5 <= m.metrics[f"export/{fmt}/token_agreement"] <= 1.0
+    assert m.metrics["export/gguf_f16/file_bytes"] < 0.6 * full  # half-size floats
+    assert m.metrics["export/gguf_q8_0/file_bytes"] < m.metrics["export/gguf_f16/file_bytes"]
+    assert m.extra["gate_failures"] == []
+    text = section(exported.card, "Quantized exports")
+    for fmt in FORMATS:
+        row = re.search(rf"^\| {fmt} \| (\S+) \| (\S+) \| (\S+) \|", text, flags=re.M)
+        assert row and row[1] == m.extra["quantized"][fmt]
+        assert float(row[3]) == pytest.approx(m.metrics[f"export/{fmt}/ppl"], rel=1e-5)
+    assert "every format within its limit" in text
+
+
+def test_champion_alias_points_at_the_version_that_passed_every_gate(exported):
+    version = exported.client.get_model_version_by_alias(NAME, "champion")
+    assert int(version.version) == exported.manifest.extra["registered_model_version"]
+    assert exported.manifest.extra["alias_uri"] == f"models:/{NAME}@champion"
+
+
+def test_gguf_loads_back_with_the_training_tokenizer_and_template(exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.common.generation import chat_prompt_ids
+
+    folder = exported.manifest.dir
+    path = folder / exported.manifest.extra["quantized"]["gguf_f16"]
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    ref_tok = AutoTokenizer.from_pretrained(folder / "model")
+    assert tok.chat_template == ref_tok.chat_template
+    messages = [{"role": "user", "content": "Summarize json.dumps, please."}]
+    assert chat_prompt_ids(tok, messages) == chat_prompt_ids(ref_tok, messages)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(folder / "model")
+    ids = torch.tensor([chat_prompt_ids(tok, messages)])
+    assert torch.allclose(model(ids).logits, ref(ids).logits, atol=5e-2)  # float16 weights
+
+
+def test_a_quantized_export_beyond_its_perplexity_limit_fails_the_gate(exported, tmp_path):
+    cfg = ExportConfig(
+        quantize=["gguf_q8_0"], max_ppl_increase={"gguf_q8_0": -1.0}, **SMALL_VERIFY
+    )  # any change fails
+    report = mc.export(cfg, dict(exported.stages), tmp_path, MetricLogger())
+    assert (
+        report.extra["gate_failures"]
+        and "gguf_q8_0: validation perplexity rose" in report.extra["gate_failures"][0]
+    )
+    assert "alias" not in report.extra
+    manifest = SimpleNamespace(extra=report.extra)
+    assert "gguf_q8_0" in (mc.gate(cfg, manifest) or "")
+    assert mc.gate(cfg, SimpleNamespace(extra={"gate_failures": []})) is None
+
+
+def test_a_model_that_only_warned_on_evaluates_gates_is_no_champion(exported):
+    """evaluate.gate_action=warn lets a failing model reach export; the thresholds its run logged decide."""
+    stages = {"evaluate": exported.stages["evaluate"]}
+    distinct = stages["evaluate"].metrics["eval/distinct_ppo"]
+    strict = {
+        "params": {"min_distinct_ppo": str(distinct + 0.5), "max_kl": "None"},
+        "metrics": {},
+        "tags": {},
+    }
+    assert mc.warned_gates(stages, {"evaluate": strict})[0].startswith("evaluate.min_distinct_ppo:")
+    from tasks.evaluate.gates import BOUNDS
+
+    off = {b.key: "None" for b in BOUNDS} | {"min_margin_over_constant": "None"}
+    lenient = {"params": off, "metrics": {}, "tags": {}}
+    assert mc.warned_gates(stages, {"evaluate": lenient}) == []
+    assert mc.warned_gates(stages, {}) == []  # no run to read thresholds from (no tracking: no registry)

@@ -52,7 +52,8 @@ def test_compose_services_bind_to_loopback():
         "postgresql+asyncpg://"
         in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     )
-    assert "postgresql+psycopg2://" in services["mlflow"]["command"]  # SQLAlchemy 2.1 defaults to psycopg v3
+    # SQLAlchemy 2.1 defaults `postgresql://` to psycopg v3
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
 
 
 def test_compose_dask_workers_see_what_the_flow_run_sees():
@@ -140,6 +141,52 @@ def test_image_has_the_dask_engine():
     chmod = next(line for line in dockerfile.splitlines() if "chmod +x" in line)
     for script in (dask["worker"]["image"]["dask_worker"], "dask-scheduler"):
         assert f"> /usr/local/bin/{script}" in dockerfile and f"/usr/local/bin/{script}" in chmod
+
+
+# a URL with a password in it (`scheme://user:pass@`), or a variable that holds one
+_URL_WITH_PASSWORD = re.compile(r"[a-z0-9+.-]+://[^\s/@:]*:[^\s/@]+@", re.IGNORECASE)
+_PASSWORD_VAR = re.compile(r"\$\{?\(?\w*(PASSWORD|SECRET|_PW)\w*", re.IGNORECASE)
+
+
+def _command_text(command: str | list[str] | None) -> str:
+    return command if isinstance(command, str) else " ".join(command or [])
+
+
+def test_database_passwords_never_on_a_command_line():
+    """`ps` shows every process's command line to every user of the machine (and the kubelet expands
+    `$(VAR)` in a container's args): database URLs reach servers through the environment only."""
+    for name, svc in _compose()["services"].items():
+        command = _command_text(svc.get("command"))
+        assert not _URL_WITH_PASSWORD.search(command), (name, command)
+        assert "--backend-store-uri" not in command, name
+        if name != "redis":  # redis-server gets its password on stdin, from $REDISCLI_AUTH
+            assert not _PASSWORD_VAR.search(command), (name, command)
+    for (kind, name), doc in _k8s().items():
+        if kind != "Deployment":
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            command = _command_text(container.get("command")) + " " + _command_text(container.get("args"))
+            assert not _URL_WITH_PASSWORD.search(command) and "--backend-store-uri" not in command, name
+            assert "$(DB_PASSWORD)" not in command, name
+            env = [e["name"] for e in container.get("env", [])]
+            for i, e in enumerate(container.get("env", [])):  # $(VAR) expands only from variables above it
+                for used in re.findall(r"\$\((\w+)\)", str(e.get("value", ""))):
+                    assert used in env[:i], (name, e["name"], used)
+    mlflow_env = {e["name"]: e.get("value") for e in _container(_k8s()["Deployment", "mlflow"])["env"]}
+    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://lmforge:$(DB_PASSWORD)@")
+
+    serve = (ROOT / "infra/local/serve.sh").read_text()
+    starts = [line for line in serve.splitlines() if re.search(r"(mlflow|prefect)\" server", line)]
+    assert len(starts) == 2 and not any("--backend-store-uri" in line or "URI" in line for line in starts)
+    assert "export MLFLOW_BACKEND_STORE_URI=" in serve
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--backend-store-uri" not in makefile and "MLFLOW_BACKEND_STORE_URI=" in makefile
+
+    # what makes that work: the installed `mlflow server` (and `mlflow ui`) reads the variable
+    from mlflow.cli import server
+
+    (option,) = [p for p in server.params if p.name == "backend_store_uri"]
+    assert option.envvar == "MLFLOW_BACKEND_STORE_URI"
 
 
 def test_no_committed_credentials():

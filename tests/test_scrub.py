@@ -166,23 +166,30 @@ def test_entity_selection_and_phone_options():
     assert [s.type for s in Scrubber(entities=["EMAIL_ADDRESS"]).find(text)] == ["EMAIL_ADDRESS"]
     assert [s.type for s in Scrubber(entities=["PHONE_NUMBER"]).find(text)] == ["PHONE_NUMBER"]
     uk = "ring 020 7946 0958 today"
-    assert Scrubber(phone_region="US").find(uk) == [] and len(Scrubber(phone_region="GB").find(uk)) == 1
-    assert Scrubber(phone_region="ZZ").find("call 415-555-2671") == []  # ZZ: only +country numbers
-    assert len(Scrubber(phone_region="ZZ").find("call +1 415-555-2671")) == 1
-    part = "part no 33471-90901"  # a valid US number, but not grouped like one
-    assert Scrubber(phone_leniency="strict_grouping").find(part) == []
-    assert len(Scrubber(phone_leniency="valid").find(part)) == 1
-    assert len(Scrubber(phone_bare_digits=True).find("call 4155552671")) == 1
+    assert Scrubber(phone_regions=["US"]).find(uk) == [] and len(Scrubber(phone_regions=["GB"]).find(uk)) == 1
+    assert Scrubber(phone_regions=[]).find("call 415-555-2671") == []  # no region: only +country numbers
+    assert len(Scrubber(phone_regions=[]).find("call +1 415-555-2671")) == 1
+    part = "ref 33471-90901"  # a valid US number, but after a record-number word
+    assert Scrubber().find(part) == [] and len(Scrubber().find("phone 33471-90901")) == 1
+    odd = "at 33471-90901 today"  # valid, but not grouped like a phone: strict_grouping wants that
+    assert len(Scrubber(phone_leniency="valid").find(odd)) == 1
+    assert Scrubber(phone_leniency="strict_grouping").find(odd) == []
+    assert Scrubber().find("at 4155552671") == []  # bare digits: a context word or phone_bare_digits
+    assert len(Scrubber(phone_bare_digits=True).find("at 4155552671")) == 1
+    assert len(Scrubber().find("call 4155552671")) == 1
 
 
 def test_config_validation_names_the_key():
-    with pytest.raises(ValidationError, match="phone_region"):
-        ScrubConfig(phone_region="XX")
+    with pytest.raises(ValidationError, match="phone_regions"):
+        ScrubConfig(phone_regions=["XX"])
     with pytest.raises(ValidationError, match="entities"):
         ScrubConfig(entities=["EMAIL_ADDRESS", "EMAIL_ADDRESS"])
     with pytest.raises(ValidationError, match="entities"):
         ScrubConfig(entities=["PASSPORT"])
-    assert ScrubConfig(phone_region="gb").phone_region == "GB"
+    assert ScrubConfig(phone_regions=["gb", "ZZ", "de"]).phone_regions == ["GB", "DE"]
+    assert ScrubConfig(phone_region="gb,fr").phone_regions == ["GB", "FR"]  # the legacy single-region key
+    assert ScrubConfig(phone_region="ZZ").phone_regions == []
+    assert "US" in ScrubConfig().phone_regions and "JP" in ScrubConfig().phone_regions
     a, b = ScrubConfig(workers=1, batch_docs=8), ScrubConfig(workers=4, batch_docs=64)
     assert a.result_fields() == b.result_fields()
 
@@ -283,6 +290,28 @@ def test_stage_through_runner_with_workers_gives_same_output(tmp_path):
     assert m1.counts["pii_left"] == 0 and gate(ScrubConfig(), m1) is None
 
 
+def test_stage_masks_ids_and_meta_that_hold_pii(tmp_path):
+    """Ids and meta fields (file names, urls) are scrubbed too; a masked id keeps a hash: ids stay unique."""
+    raw = [
+        Document(
+            "files:notes-bob@example.com.txt",
+            "call +44 20 7946 0958",
+            "t",
+            {"path": "/d/bob@example.com.txt"},
+        ),
+        Document("files:notes-eve@example.com.txt", "nothing here", "t", {"path": "/d/eve@example.com.txt"}),
+        Document("files:plain.txt", "nothing here", "t", {"path": "/d/plain.txt", "line": 3}),
+    ]
+    upstream = documents_stage(tmp_path / "up", raw, stage="dedup")
+    result = run_stage(STAGES["scrub"], PipelineConfig(), {"dedup": upstream}, tmp_path / "artifacts")
+    docs = list(read_documents(result.manifest))
+    assert docs[0].id.startswith("files:<EMAIL_ADDRESS>.txt~") and docs[0].id != docs[1].id
+    assert docs[0].meta == {"path": "/d/<EMAIL_ADDRESS>.txt"} and docs[0].text == "call <PHONE_NUMBER>"
+    assert (docs[2].id, docs[2].meta) == ("files:plain.txt", {"path": "/d/plain.txt", "line": 3})
+    red = (Path(result.manifest.path) / REDACTIONS).read_text()
+    assert json.loads(red)["id"] == docs[0].id and "bob@" not in red
+
+
 def test_leak_check_counts_pii_left_and_gate_fails(tmp_path):
     with ShardWriter(tmp_path) as w:  # a "scrubbed" output that still holds PII
         w.write_all(PII_DOCS)
@@ -290,7 +319,7 @@ def test_leak_check_counts_pii_left_and_gate_fails(tmp_path):
     assert sum(left.values()) == 8 and ids == ["a", "c", "d"]
     leaky = seal(tmp_path, "scrub", counts={"pii_left": 8}, extra={"leak_documents": ids})
     message = gate(ScrubConfig(), leaky)
-    assert message and "8 PII" in message and "pii.max_pii_left=0" in message and "a, c, d" in message
+    assert message and "8 PII" in message and "scrub.max_pii_left=0" in message and "a, c, d" in message
     assert gate(ScrubConfig(max_pii_left=8), leaky) is None
     with pytest.raises(QualityGateError, match="scrub"):
         check_gate(STAGES["scrub"], ScrubConfig(), leaky)

@@ -290,6 +290,7 @@ def test_runs_without_align_data_and_rolls_shards(tmp_path):
     out.mkdir()
     report = train_tokenizer(CFG.model_copy(update={"shard_tokens": 500}), inputs, out, _Recorder())
     assert report.counts["decontaminated_docs"] == 0 and report.extra["decontaminated_against"] is None
+    assert report.extra["decontamination"].startswith("decontamination skipped: no evaluation set")
     assert report.counts["documents"] == 60
     index = read_index(out)
     assert len(index["splits"]["train"]) > 1
@@ -321,3 +322,97 @@ def test_registered_stage_runs_through_the_runner(tmp_path):
     assert m.counts["vocab_size"] == 300 and m.metrics["bytes_per_token_val"] > 1
     assert "tokenizer/tokenizer.json" in m.files and "tokens/index.json" in m.files
     assert run_stage(spec, cfg, inputs, tmp_path / "art").status == "cached"
+
+
+# What the tokenizer stage made of `corpus_docs()` + `align_stage` with `CFG` before it streamed the plan
+# through a process pool and prefetched batches (git 3792622, tokenizers 0.23.3): sha256 of its files.
+RECORDED = {
+    "tokens/train-00000.bin": "ab1d52d09f1337c7",
+    "tokenizer/tokenizer.json": "923b47ffb9a27bb2",
+}
+RECORDED_ALL = "a59802b558263ac9"  # sha256 of the sorted {file: sha256} of every output file
+
+
+def test_streamed_pool_build_is_byte_identical_to_the_recorded_one(tmp_path):
+    """Seven corpus shards planned by two worker processes, tiny batches, Rust threads on: the same bytes
+    as the one-process build recorded above (the outputs never depend on workers, shards or batches)."""
+    import hashlib
+
+    import tokenizers
+
+    docs = corpus_docs()
+    inputs = {
+        "dedup": documents_stage(tmp_path, docs, "dedup", shard_docs=37),
+        "align_data": align_stage(tmp_path),
+    }
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = CFG.model_copy(update={"workers": 2, "parallel": True, "batch_docs": 7})
+    train_tokenizer(cfg, inputs, out, _Recorder())
+    files = {k: v.sha256 for k, v in sorted(list_outputs(out).items())}
+    assert files == {k: v.sha256 for k, v in sorted(list_outputs(_built_once(tmp_path, docs)).items())}
+    if tokenizers.__version__ == "0.23.3":  # BPE merges may change with the library
+        assert {k: files[k][:16] for k in RECORDED} == RECORDED
+        assert hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] == RECORDED_ALL
+
+
+def _built_once(root: Path, docs: list[Document]) -> Path:
+    """The same corpus in one shard, one process, no prefetching contention: the reference build."""
+    inputs = {"dedup": documents_stage(root / "one", docs, "dedup"), "align_data": align_stage(root / "one")}
+    out = root / "one-out"
+    out.mkdir()
+    train_tokenizer(CFG.model_copy(update={"workers": 1}), inputs, out, _Recorder())
+    return out
+
+
+def test_decontaminates_against_user_eval_files(tmp_path):
+    """Every string of a row of `decontam_files` (nested message contents too) is eval text; a folder
+    gives all its files; an overlapping corpus document is dropped; the files key the stage hash."""
+    from conf.schema import PipelineConfig
+    from flows.stages import STAGES
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "qa.jsonl").write_text(
+        json.dumps({"question": "Which decorator?", "choices": [{"text": EVAL_TEXT}], "label": 0}) + "\n"
+    )
+    (bench / "notes.txt").write_text("a note with no long passage")
+    inputs = {"dedup": documents_stage(tmp_path, corpus_docs(60, seed=1), "dedup")}
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = CFG.model_copy(update={"decontam_files": [str(bench)]})
+    report = train_tokenizer(cfg, inputs, out, _Recorder())
+    assert report.counts["eval_docs_decontam_files"] == 2 and report.counts["eval_docs_align_data"] == 0
+    assert report.counts["decontaminated_overlap"] == 2 and "decontamination" not in report.extra
+    dropped = [
+        json.loads(line) for line in (out / "reports" / "decontaminated.jsonl").read_text().splitlines()
+    ]
+    assert [d["id"] for d in dropped] == ["eval-a", "copy"]  # the eval text itself, and a copy of a passage
+    assert dropped[1]["eval_id"].endswith("qa.jsonl:1")
+    pipeline = PipelineConfig(tokenizer={"decontam_files": [str(bench)]})
+    before = STAGES["tokenizer"].keyed_config(pipeline)
+    (bench / "notes.txt").write_text("edited")
+    assert STAGES["tokenizer"].keyed_config(pipeline) != before
+    with pytest.raises(ValueError, match="decontam_files: .*missing.jsonl does not exist"):
+        train_tokenizer(
+            CFG.model_copy(update={"decontam_files": [str(tmp_path / "missing.jsonl")]}),
+            inputs,
+            out,
+            _Recorder(),
+        )
+
+
+def test_prefetched_keeps_order_raises_reader_errors_and_stops_early():
+    from tasks.tokenizer import prefetched
+
+    assert list(prefetched(iter(range(100)), depth=3)) == list(range(100))
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetched(broken()))
+    endless = prefetched(iter(range(10**9)))
+    assert next(endless) == 0
+    endless.close()  # the reader thread stops instead of hanging the stage

@@ -14,7 +14,10 @@ STATE_DIR=$(cd "$STATE_DIR" && pwd)
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_HOME=${PREFECT_HOME:-$STATE_DIR/prefect-home}
-MLFLOW_BACKEND_STORE_URI=${MLFLOW_BACKEND_STORE_URI:-sqlite:///$STATE_DIR/mlflow.db}
+# Connection URLs (passwords in them) reach the servers through the environment only, never their
+# command lines (which `ps` shows to every user): Prefect reads PREFECT_API_DATABASE_CONNECTION_URL, and
+# `mlflow server` reads MLFLOW_BACKEND_STORE_URI when --backend-store-uri is not given.
+export MLFLOW_BACKEND_STORE_URI=${MLFLOW_BACKEND_STORE_URI:-sqlite:///$STATE_DIR/mlflow.db}
 MLFLOW_ARTIFACTS=${MLFLOW_ARTIFACTS_DESTINATION:-$STATE_DIR/mlflow-artifacts}
 
 pids=()
@@ -23,7 +26,7 @@ trap cleanup EXIT INT TERM
 
 "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT" >"$STATE_DIR/prefect.log" 2>&1 &
 pids+=($!)
-"$BIN/mlflow" server --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" --artifacts-destination "$MLFLOW_ARTIFACTS" \
+"$BIN/mlflow" server --artifacts-destination "$MLFLOW_ARTIFACTS" \
   --host "$HOST" --port "$MLFLOW_PORT" >"$STATE_DIR/mlflow.log" 2>&1 &
 pids+=($!)
 

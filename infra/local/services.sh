@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make services`: the system binaries the tests use, from Debian packages: redis-server (dedup's Redis
-# LSH storage, the Dask engine tests) and PostgreSQL's initdb/pg_ctl/psql (`make test-integration`).
+# LSH storage, the Dask engine tests), PostgreSQL's initdb/pg_ctl/psql (`make test-integration`) and
+# chromium (the serve playground's browser test, driven by Playwright).
 #   infra/local/services.sh           # present: say so (quick, idempotent); missing: apt-get install
 #                                     # them as root, else print the command to run (exit 0)
 #   infra/local/services.sh --check   # only report; exit 1 when something is missing
@@ -19,6 +20,7 @@ have() {
 
 missing_packages() {  # Debian packages whose binaries are not found, one per line
   have redis-server || echo redis-server
+  have chromium || echo chromium
   local tool
   for tool in initdb pg_ctl psql; do
     have "$tool" || { echo postgresql; break; }
@@ -27,7 +29,7 @@ missing_packages() {  # Debian packages whose binaries are not found, one per li
 
 mapfile -t missing < <(missing_packages)
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "services: redis-server and PostgreSQL (initdb, pg_ctl, psql) are installed"
+  echo "services: redis-server, PostgreSQL (initdb, pg_ctl, psql) and chromium are installed"
   exit 0
 fi
 command="apt-get install -y -q ${missing[*]}"

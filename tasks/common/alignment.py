@@ -60,3 +60,44 @@ GENERIC_ANSWERS = (
     "Create a new instance.",
     "See the documentation for details.",
 )
+
+# What each alignment stage reads, as align_data's row counts (its manifest's `counts`): a stage whose
+# count is 0 cannot run, and the runner says so before any training (`flows/stages.py` prechecks).
+NEEDED_ROWS: dict[str, tuple[str, ...]] = {
+    "sft": ("sft_train",),
+    "reward": ("prefs_train", "prefs_eval"),
+    "judge": ("prefs_judge", "prefs_eval"),
+    "ppo": ("ppo_prompts", "sft_eval"),
+    "evaluate": ("sft_train", "sft_eval", "prefs_eval"),
+}
+# The config fields that give each count rows.
+ROW_SOURCES = {
+    "sft_train": "align_data.sft_datasets (trl 'messages' or 'prompt'/'completion' rows)",
+    "sft_eval": "align_data.sft_datasets with eval_fraction > 0",
+    "prefs_train": "align_data.pref_datasets (trl 'prompt'/'chosen'/'rejected' rows)",
+    "prefs_judge": "align_data.pref_datasets with align_data.role_shares.judge > 0",
+    "prefs_eval": "align_data.pref_datasets with eval_fraction > 0",
+    "ppo_prompts": "align_data.sft_datasets or align_data.pref_datasets",
+}
+
+
+def alignment_shortfall(stage: str, has_sources: bool, counts: dict[str, int] | None) -> str | None:
+    """Why `stage` cannot run on align_data's rows (`counts`: its manifest's counts, None before it ran,
+    when only a config without any source tells), or None."""
+    needed = NEEDED_ROWS[stage]
+    if counts is None:
+        if has_sources:
+            return None
+        missing = ["sft_train", "prefs_train"]  # nothing at all: name both kinds of dataset
+        said = "no alignment data source is configured (align_data.builtin is false, no datasets)"
+    else:
+        missing = [name for name in needed if counts.get(name, 0) == 0]
+        if not missing:
+            return None
+        said = f"align_data made no {', '.join(missing)} rows"
+    fields = " and ".join(dict.fromkeys(ROW_SOURCES[m] for m in missing))
+    return (
+        f"{said}. Set {fields}, as local .jsonl/.json/.parquet files or Hub dataset ids, or set "
+        "align_data.builtin: true on a corpus with pydocs documents (collect.sources kind: pydocs). "
+        "Pretraining needs no alignment data: `lmforge run --flow pretrain` runs without it"
+    )

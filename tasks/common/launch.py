@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tasks.common.process import die_with_parent, die_with_parent_preexec
 from tasks.common.tracking import RUN_ID_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -158,6 +159,8 @@ def run_torchrun(
 
     torchrun runs in a session of its own (and starts each rank in one): an interrupt or a failure here
     stops torchrun, whose agent stops its ranks; ranks that outlive a killed agent are killed too.
+    If this process is killed outright (`kill -9`), the kernel kills torchrun (`PR_SET_PDEATHSIG`, set
+    for the thread that waits here), and each rank follows its agent (`rank_dies_with_agent`).
     """
     logger.info("launching: %s", " ".join(cmd))
     proc = subprocess.Popen(
@@ -170,6 +173,7 @@ def run_torchrun(
         errors="replace",
         bufsize=1,
         start_new_session=True,
+        preexec_fn=die_with_parent_preexec(),
     )
     events: list[dict[str, Any]] = []
     launcher: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -185,6 +189,13 @@ def run_torchrun(
         stop(proc, events)
         failures = rank_failures(events, log_dir)
         raise LaunchError(failure_message(what, code, failures, log_dir, list(launcher)), failures, code)
+
+
+def rank_dies_with_agent() -> None:
+    """Called first thing by a rank's entry point: die when the torchrun agent that started it dies
+    (the agent starts ranks in sessions of their own, so nothing else would stop them)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # started by torchrun, not called directly
+        die_with_parent(("torch.distributed.run", "torchrun"))
 
 
 def _route(

@@ -12,13 +12,14 @@ Output shard `i` holds what input shard `i` became: `documents/shard-{i:05d}.jso
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from tasks.common.artifacts import Manifest
 from tasks.common.data import DOCS_DIR, Document, ShardWriter, read_shard, shard_paths
+from tasks.common.pool import OrderedPool
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,6 +34,40 @@ class ShardMap(Protocol):
 def map_here(fn: Callable[[T], R], jobs: list[T]) -> list[R]:
     """The in-process `ShardMap`: one job after another, in order."""
     return [fn(job) for job in jobs]
+
+
+class PoolShardMap:
+    """The in-process `ShardMap` on local worker processes (the shared pool, `tasks/common/pool.py`): the
+    same per-shard jobs the Dask engine runs, one shard per task, results in job order. The processes
+    start on the first call with 2+ jobs and serve every later call until `close` (use it as a context
+    manager); with one worker, or one job, the jobs run in this process."""
+
+    def __init__(self, workers: int, preload: Sequence[str] = ()) -> None:
+        self.workers = workers
+        self.preload = tuple(preload)
+        self._pool: OrderedPool | None = None
+
+    def __call__(self, fn: Callable[[T], R], jobs: list[T]) -> list[R]:
+        return list(self.imap(fn, jobs))
+
+    def imap(self, fn: Callable[[T], R], jobs: list[T]) -> Iterator[R]:
+        """The results one by one, in job order, as they come (for progress)."""
+        if self.workers <= 1 or len(jobs) <= 1:
+            return map(fn, jobs)
+        if self._pool is None:
+            self._pool = OrderedPool(self.workers, preload=self.preload)
+        return self._pool.map(fn, jobs)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> PoolShardMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)

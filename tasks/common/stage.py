@@ -30,6 +30,7 @@ from tasks.common.artifacts import (
     read_manifest,
     stage_dir,
     stage_hash,
+    stamp_path,
     verify_manifest,
     write_manifest,
 )
@@ -46,6 +47,9 @@ class StageReport:
     counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # fnmatch patterns of outputs that record this run, not its result (timings, absolute paths): listed
+    # and verified, but left out of the content hash (`Manifest.volatile`)
+    volatile: tuple[str, ...] = ()
 
 
 class PermanentStageError(RuntimeError):
@@ -56,10 +60,17 @@ class QualityGateError(PermanentStageError):
     """A stage finished but its output failed a configured quality gate."""
 
 
+class PrecheckError(PermanentStageError):
+    """A planned stage cannot run with what its upstream stages made (or will make): raised before any
+    later stage runs, so a pipeline never trains for hours and then finds its alignment data missing."""
+
+
 StageFn = Callable[[Any, dict[str, Manifest], Path, MetricLogger], StageReport]
 GateFn = Callable[[Any, Manifest], str | None]
 # config -> JSON-able facts the config only points at (a file's content): they key the stage hash
 FingerprintFn = Callable[[Any], dict[str, Any]]
+# (pipeline config, manifests of the stages finished so far) -> why the stage cannot run, or None
+PrecheckFn = Callable[[Any, dict[str, Manifest]], str | None]
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,10 @@ class StageSpec:
     gate: GateFn | None = None  # returns a failure message when the output is not good enough
     sharded: bool = False  # fn takes `map_shards=`: its per-shard work can run on a cluster
     fingerprint: FingerprintFn | None = None  # input fingerprint keyed into the hash (see above)
+    # input stage -> the only files of it that key this stage's hash (default: the whole folder), e.g. the
+    # tokenizer reads align_data's eval documents only, so new training pairs do not re-run pretraining
+    keyed_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    precheck: PrecheckFn | None = None  # checked by the runner before and between stages (see PrecheckError)
 
     def config_of(self, pipeline_cfg: Any) -> StageConfig:
         cfg: StageConfig = getattr(pipeline_cfg, self.name)
@@ -95,8 +110,19 @@ class StageSpec:
         fingerprint = self.fingerprint(cfg) if self.fingerprint else {}
         return {**cfg.result_fields(), **fingerprint}
 
+    def keyed_inputs(self, inputs: dict[str, Manifest]) -> dict[str, Manifest]:
+        """The inputs as they key the hash: an input named in `keyed_files` counts by those files only."""
+        return {
+            name: m.model_copy(
+                update={"stage_hash": "", "files": {f: e for f, e in m.files.items() if f in keep}}
+            )
+            if (keep := self.keyed_files.get(name)) is not None
+            else m
+            for name, m in inputs.items()
+        }
+
     def hash_for(self, pipeline_cfg: Any, inputs: dict[str, Manifest]) -> str:
-        return stage_hash(self.name, self.version, self.keyed_config(pipeline_cfg), inputs)
+        return stage_hash(self.name, self.version, self.keyed_config(pipeline_cfg), self.keyed_inputs(inputs))
 
 
 @dataclass
@@ -130,7 +156,10 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 
 def finished_manifest(folder: Path) -> Manifest | None:
-    """The manifest of a finished, intact stage folder, or None."""
+    """The manifest of a finished, intact stage folder (sizes and sha256 checked), or None.
+
+    A folder whose files no longer match loses its manifest, so it is rebuilt, never reused.
+    """
     manifest = read_manifest(folder)
     if manifest is None:
         return None
@@ -139,9 +168,25 @@ def finished_manifest(folder: Path) -> Manifest | None:
         log.warning(
             "stage folder %s no longer matches its manifest (%s); rebuilding", folder, "; ".join(problems)
         )
-        (folder / MANIFEST_NAME).unlink()
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+        stamp_path(folder).unlink(missing_ok=True)
         return None
     return manifest
+
+
+class InputChangedError(PermanentStageError):
+    """An upstream stage's files changed after it finished: rebuilding on the same input would repeat it."""
+
+
+def check_inputs(spec: StageSpec, inputs: dict[str, Manifest]) -> None:
+    """Verify every input folder against its manifest right before the stage reads it."""
+    for name, manifest in inputs.items():
+        problems = verify_manifest(manifest)
+        if problems:
+            raise InputChangedError(
+                f"stage {spec.name}: input stage {name} ({manifest.path}) changed since it finished: "
+                f"{'; '.join(problems[:5])}; re-run the pipeline to rebuild it"
+            )
 
 
 def check_gate(spec: StageSpec, cfg: StageConfig, manifest: Manifest) -> None:
@@ -167,7 +212,7 @@ def run_stage(
     """
     cfg = spec.config_of(pipeline_cfg)
     keyed = spec.keyed_config(pipeline_cfg)  # once: the hash and the manifest see the same fingerprint
-    hash12 = stage_hash(spec.name, spec.version, keyed, inputs)
+    hash12 = stage_hash(spec.name, spec.version, keyed, spec.keyed_inputs(inputs))
     out = stage_dir(root, spec.name, hash12)
     started = time.perf_counter()
     with folder_lock(out):
@@ -178,6 +223,7 @@ def run_stage(
                 result.run_id = record_cached(tracker, parent_run_id, spec, done, inputs)
             check_gate(spec, cfg, done)
             return result
+        check_inputs(spec, inputs)
         prepare_folder(spec, out)
         logger: MetricLogger = MetricLogger()
         if tracker and parent_run_id:
@@ -243,7 +289,8 @@ def seal_stage(
             extra=report.extra,
             mlflow_run_id=logger.run_id,
             seconds=round(seconds, 3),
-        )
+        ),
+        volatile=report.volatile,
     )
     logger.log_metrics({**{f"count/{k}": v for k, v in report.counts.items()}, **report.metrics})
     logger.log_metrics({"stage_seconds": seconds})

@@ -7,14 +7,18 @@ in torchrun subprocesses, which receive their run id through the environment).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
+
+from tasks.common.process import owner, owner_alive
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3.17's UI opens the training-runs table for it
 RUN_ID_ENV = "LMFORGE_MLFLOW_RUN_ID"
 MAX_PARAM_LEN = 6000
+SERVED_SCHEMES = ("http", "https", "databricks")  # tracking URIs whose server decides where artifacts go
+OWNER_TAG = "lmforge.owner"  # host:pid:start time of the process that created the run (and ends it)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -104,6 +110,10 @@ class MetricLogger:
         (creating the registered model with `model_tags`/`model_description` if new). None without
         tracking: nothing is logged or registered."""
         return None
+
+    def set_model_alias(self, name: str, alias: str, version: int) -> None:
+        """Point registry alias `alias` of model `name` at `version` (`models:/name@alias`); a no-op
+        without tracking."""
 
     def subprocess_env(self) -> dict[str, str]:
         """Variables that let a child process (a torchrun rank) log to this run (`MlflowLogger.from_env`)."""
@@ -188,7 +198,11 @@ class MlflowLogger(MetricLogger):
         try:
             run = self.client.get_run(run_id)
         except Exception as e:  # MlflowException: e.g. a run recorded in another tracking store
-            raise LookupError(f"MLflow run {run_id} not readable from {self.tracking_uri}: {e}") from e
+            from conf.schema import redact_uri  # the message is logged: no password in it
+
+            raise LookupError(
+                f"MLflow run {run_id} not readable from {redact_uri(self.tracking_uri)}: {e}"
+            ) from e
         return RunRecord(
             params=dict(run.data.params), metrics=dict(run.data.metrics), tags=dict(run.data.tags)
         )
@@ -219,12 +233,37 @@ class MlflowLogger(MetricLogger):
         )
         return ModelVersion(name, int(version.version), source)
 
+    def set_model_alias(self, name: str, alias: str, version: int) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
     def subprocess_env(self) -> dict[str, str]:
         return {RUN_ID_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.tracking_uri}
 
 
 def default_tracking_uri(artifacts_root: Path) -> str:
     return f"sqlite:///{Path(artifacts_root) / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite store while it is first opened.
+
+    Opening a store runs MLflow's schema migrations; two processes doing that at once on a fresh file
+    collide (one dies with `duplicate column name`). Server-backed stores migrate under their own
+    control: no lock there.
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        yield
+        return
+    db = Path(tracking_uri[len(prefix) :].split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def stage_tags(
@@ -243,6 +282,7 @@ def stage_tags(
         "lmforge.stage_hash": stage_hash,
         "lmforge.cached": str(cached).lower(),
         "mlflow.source.git.commit": git_commit(),
+        OWNER_TAG: owner(),
     }
     if source_run_id:
         tags["lmforge.source_run_id"] = source_run_id
@@ -261,15 +301,21 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._experiment(experiment, artifact_location)
+        with store_lock(tracking_uri):  # the first use of a fresh store migrates it: one process at a time
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._experiment(experiment, artifact_location)
+            if tracking_uri.startswith("sqlite:"):
+                self.client.search_registered_models(max_results=1)  # the registry store opens it too
 
     @classmethod
     def for_pipeline(cls, artifacts_root: Path, tracking_uri: str | None, experiment: str) -> Tracker:
         """`tracking_uri` (the runner resolves it: config, then $MLFLOW_TRACKING_URI), else the embedded
-        SQLite store under the artifacts root, with its artifacts beside it."""
+        SQLite store under the artifacts root, with its artifacts beside it. A database store named by
+        the URI has no artifact root of its own (MLflow would use ./mlruns of the current folder): new
+        experiments keep their artifacts under the artifacts root too; a tracking server has its own."""
         if tracking_uri:
-            return cls(tracking_uri, experiment)
+            served = tracking_uri.split(":", 1)[0].lower() in SERVED_SCHEMES
+            return cls(tracking_uri, experiment, None if served else Path(artifacts_root) / "mlruns")
         Path(artifacts_root).mkdir(parents=True, exist_ok=True)
         return cls(default_tracking_uri(artifacts_root), experiment, Path(artifacts_root) / "mlruns")
 
@@ -296,7 +342,12 @@ class Tracker:
     def start_pipeline(
         self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any]
     ) -> MlflowLogger:
-        all_tags = {"lmforge.kind": "pipeline", "mlflow.source.git.commit": git_commit(), **tags}
+        all_tags = {
+            "lmforge.kind": "pipeline",
+            "mlflow.source.git.commit": git_commit(),
+            OWNER_TAG: owner(),
+            **tags,
+        }
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
@@ -354,3 +405,22 @@ class Tracker:
     def end(self, logger: MetricLogger, status: str = "FINISHED") -> None:
         if logger.run_id:
             self.client.set_terminated(logger.run_id, status=status)
+
+    def end_orphaned_runs(self) -> list[str]:
+        """Mark KILLED the runs of this experiment left RUNNING by a process of this host that is gone
+        (a `kill -9`, a lost machine); returns their ids. Runs of live processes (a concurrent pipeline)
+        and of other hosts, whose processes cannot be checked from here, are left alone."""
+        ended = []
+        running = self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000
+        )
+        for run in running:
+            identity = run.data.tags.get(OWNER_TAG)
+            if identity is None or owner_alive(identity) is not False:
+                continue
+            self.client.set_tag(run.info.run_id, "lmforge.ended_by", f"{owner()} (its owner was gone)")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+        if ended:
+            log.warning("marked %d run(s) KILLED: left RUNNING by a process that is gone", len(ended))
+        return ended

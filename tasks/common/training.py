@@ -96,6 +96,34 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: str | list[s
     )
 
 
+def save_adapter(peft_model: Any, tok: Any, folder: Path) -> None:
+    """Save a LoRA adapter (with the tokenizer) so its files depend only on what was trained.
+
+    peft writes `target_modules` in set order (it changes with the string hash seed), and the base model
+    as the absolute path it was loaded from (in `adapter_config.json` and the adapter's README); the
+    first is sorted, the second made relative to the artifacts root (`pretrain/<hash12>/model`), so a
+    rebuilt or copied stage keeps its content hash.
+    """
+    import json
+
+    folder = Path(folder)
+    peft_model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    base = config.get("base_model_name_or_path")
+    root = folder.resolve().parents[2]  # <root>/<stage>/<hash12>/adapter
+    if isinstance(base, str) and Path(base).is_absolute() and Path(base).resolve().is_relative_to(root):
+        relative = Path(base).resolve().relative_to(root).as_posix()
+        for name in ("adapter_config.json", "README.md"):
+            if (folder / name).is_file():
+                text = (folder / name).read_text(encoding="utf-8")
+                (folder / name).write_text(text.replace(base, relative), encoding="utf-8")
+
+
 def load_records(manifest: Manifest, name: str, limit: int | None, columns: list[str]) -> Any:
     """One of align_data's JSONL files as a `datasets.Dataset` with only `columns` (first `limit` rows);
     None when the file holds no rows."""

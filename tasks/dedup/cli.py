@@ -3,7 +3,13 @@
 Contract (scripts rely on it): OUT holds the kept records' input lines unchanged (all fields), in input
 order; `OUT.dups.jsonl` (OUT with `.jsonl` replaced by `.dups.jsonl`) holds one line per removed record,
 `{"id", "duplicate_of", "jaccard_estimate"}`. A record without an `id` field is known by its line
-number in IN (1-based). Both files are written to temporary names and renamed at the end.
+number in IN (1-based). IN may be gzip- or zstd-compressed (`.gz`, `.zst`); an OUT named so is written
+compressed too (`x.jsonl.gz` -> `x.dups.jsonl.gz`).
+
+The input is never changed: an OUT (or its dups file) that is IN, by path, symlink or hard link, is
+refused before anything is read; both files are written to fresh temporary names beside them (never an
+existing file) and renamed at the end, so a failure leaves neither half-written. A line that is not UTF-8
+JSON with a string text field stops the command (exit 1) naming `IN:LINE`, with nothing written.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from conf.dedup import DedupConfig
-from tasks.common.jsonl import json_lines, write_jsonl
+from tasks.common.jsonl import COMPRESSIONS, JsonlWriter, atomic_output, output_problem, read_json_lines
 from tasks.dedup.core import Params, Result, config_default, find_duplicates
 
 log = logging.getLogger(__name__)
@@ -28,8 +33,13 @@ DEFAULTS = {name: config_default(name) for name in ("threshold", "num_perm", "ng
 
 
 def dups_path(out: Path) -> Path:
-    name = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
-    return out.with_name(name + ".dups.jsonl")
+    """OUT with `.jsonl` replaced by `.dups.jsonl`, keeping a compression suffix (`.gz`, `.zst`)."""
+    name, compressed = out.name, ""
+    if name.endswith(COMPRESSIONS):
+        name, compressed = name.rsplit(".", 1)
+        compressed = "." + compressed
+    name = name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+    return out.with_name(name + ".dups.jsonl" + compressed)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,29 +75,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _records(path: Path, text_field: str) -> Iterator[tuple[int, Any, str, str]]:
-    """(line number, id, text, raw line) of every non-blank line; the first bad line raises, naming
-    file:line."""
-    with open(path, encoding="utf-8") as fh:  # plain JSONL only, as the contract says
-        for line in json_lines(fh):
-            lineno, rec = line.lineno, line.value
-            if line.error is not None:
-                raise ValueError(
-                    f"{path}:{lineno}: not valid JSON ({line.error.msg}); fix or remove the line"
-                ) from line.error
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            text = rec.get(text_field)
-            if not isinstance(text, str):
-                what = "no" if text is None else f"a non-string ({type(text).__name__})"
-                raise ValueError(
-                    f"{path}:{lineno}: {what} '{text_field}' field; pick the text with --text-field"
-                )
-            rid = rec.get("id")
-            yield lineno, lineno if rid is None else rid, text, line.text.rstrip("\r\n")
+    """(line number, id, text, raw line) of every non-blank line; the first bad line (or a file that
+    cannot be read to its end) raises ValueError, naming file:line."""
+    for line in read_json_lines(path):
+        lineno, rec = line.lineno, line.value
+        if line.error is not None:
+            raise ValueError(f"{path}:{lineno}: {line.problem}; fix or remove the line") from line.error
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        text = rec.get(text_field)
+        if not isinstance(text, str):
+            what = "no" if text is None else f"a non-string ({type(text).__name__})"
+            raise ValueError(f"{path}:{lineno}: {what} '{text_field}' field; pick the text with --text-field")
+        rid = rec.get("id")
+        yield lineno, lineno if rid is None else rid, text, line.text.rstrip("\r\n")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status 0: done; 1: a bad input line (nothing written); 2: bad arguments."""
+    """Exit status 0: done; 1: a bad input line or an unwritable output (nothing written); 2: bad
+    arguments."""
     src, out = Path(args.input), Path(args.output)
     cfg = _config(args, src, out)
     if cfg is None:
@@ -104,7 +110,14 @@ def run(args: argparse.Namespace) -> int:
         log.warning(
             "%s: %d records repeat an id used before; duplicate_of cannot tell them apart", src, repeated
         )
-    _write_outputs(src, out, args.text_field, result)
+    try:
+        _write_outputs(src, out, args.text_field, result)
+    except ValueError as e:  # the input changed or became unreadable between the two passes
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: cannot write {e.filename or out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(
         f"{result.total} records: {result.count('exact')} exact + {result.count('near')} near duplicates "
         "removed, "
@@ -115,13 +128,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace, src: Path, out: Path) -> DedupConfig | None:
     """The stage's config from the options (it validates them and supplies the other defaults), or None
-    after printing every problem with the arguments."""
-    dups = dups_path(out)
+    after printing every problem with the arguments (a missing input, an output that is the input)."""
     problems = []
     if not src.is_file():
-        problems.append(f"input {src} does not exist")
-    if out.resolve() == src.resolve() or dups.resolve() == src.resolve():
-        problems.append(f"output {out} would overwrite the input")
+        problems.append(f"input {src} does not exist" if not src.exists() else f"input {src} is not a file")
+    problem = output_problem(out, [src]) or output_problem(dups_path(out), [src])
+    if problem:
+        problems.append(problem)
     cfg = None
     try:
         cfg = DedupConfig(
@@ -138,22 +151,18 @@ def _config(args: argparse.Namespace, src: Path, out: Path) -> DedupConfig | Non
 
 
 def _write_outputs(src: Path, out: Path, text_field: str, result: Result) -> None:
-    """The kept input lines verbatim, and the removed records' ids, each to a temp name renamed at the end."""
-    dups = dups_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out, tmp_dups = out.with_name(out.name + ".tmp"), dups.with_name(dups.name + ".tmp")
-    with open(tmp_out, "w", encoding="utf-8") as fh:
+    """The kept input lines verbatim, and the removed records' ids, each through `atomic_output` (the
+    dups file is renamed into place first, then OUT)."""
+    with atomic_output(out) as kept, atomic_output(dups_path(out)) as dups:
         for i, (_, _, _, line) in enumerate(_records(src, text_field)):
             if result.keep[i]:
-                fh.write(line + "\n")
-    removed = (
-        {
-            "id": result.ids[d.index],
-            "duplicate_of": result.ids[d.keeper],
-            "jaccard_estimate": round(d.jaccard_estimate, 4),
-        }
-        for d in result.duplicates
-    )
-    write_jsonl(tmp_dups, removed)
-    os.replace(tmp_dups, dups)
-    os.replace(tmp_out, out)
+                kept.write(line + "\n")
+        removed = JsonlWriter(dups)
+        for d in result.duplicates:
+            removed.write(
+                {
+                    "id": result.ids[d.index],
+                    "duplicate_of": result.ids[d.keeper],
+                    "jaccard_estimate": round(d.jaccard_estimate, 4),
+                }
+            )

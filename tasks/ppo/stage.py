@@ -40,7 +40,7 @@ from tasks.common.reward_model import RewardModelScorer, load_reward_model
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger, MlflowLogger
 from tasks.common.training import lora_config as causal_lm_lora
-from tasks.common.training import trainer_args
+from tasks.common.training import save_adapter, trainer_args
 from tasks.ppo.dpo import load_pairs, train_dpo
 from tasks.ppo.trainer import PPOTrainer, heldout_eval, make_accelerator
 
@@ -165,8 +165,7 @@ def finish(
     cfg, policy, tok, scorer, eval_prompts, history, counts: dict[str, int], out: Path, log_: MetricLogger
 ) -> StageReport:
     """Held-out comparison with the SFT policy, then the adapter, the merged model and the report."""
-    policy.save_pretrained(out / "adapter")
-    tok.save_pretrained(out / "adapter")
+    save_adapter(policy, tok, out / "adapter")
     metrics, table = heldout_eval(policy, tok, scorer, eval_prompts, cfg)
     (out / "eval_samples.json").write_text(json.dumps(table, indent=1, ensure_ascii=False), encoding="utf-8")
     log_.log_table(table, "ppo/eval_samples.json")

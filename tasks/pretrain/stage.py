@@ -23,6 +23,9 @@ from tasks.pretrain.plot import plot_losses
 from tasks.pretrain.rendezvous import announced
 
 log = logging.getLogger("lmforge.pretrain")
+# what records this run, not its result (wall-clock timings, a resume point, absolute input paths): left
+# out of the content hash, so a bit-identical retraining keeps every downstream stage cached
+VOLATILE = ("train_summary.json", "metrics.jsonl", SPEC_FILE)
 
 
 def pretrain(cfg: PretrainConfig, inputs: dict[str, Manifest], out: Path, log_: MetricLogger) -> StageReport:
@@ -82,7 +85,7 @@ def report(out: Path, log_: MetricLogger) -> StageReport:
     log_.log_dict(summary, "train_summary.json")
     first = metrics[0]["loss"] if metrics else float("nan")
     final = {"final/train_loss": summary["final_loss"], "first/train_loss": first}
-    for key in ("val_loss", "val_ppl", "tokens_per_s", "flops_per_s", "mfu"):
+    for key in ("val_loss", "val_ppl", "tokens_per_s", "flops_per_s", "mfu", "peak_memory_gib"):
         if summary.get(key) is not None:
             final[f"final/{key}"] = summary[key]
     log.info(
@@ -101,6 +104,7 @@ def report(out: Path, log_: MetricLogger) -> StageReport:
             "resumed_from_step": summary["resumed_from_step"],
             "peak_flops_source": summary["peak_flops_source"],
         },
+        volatile=VOLATILE,
     )
 
 

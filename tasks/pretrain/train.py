@@ -34,6 +34,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from conf.pretrain import PretrainConfig
 from tasks.common.artifacts import atomic_write_text
 from tasks.common.jsonl import JsonlWriter
+from tasks.common.launch import rank_dies_with_agent
 from tasks.common.tokens import read_index
 from tasks.common.tracking import MetricLogger, MlflowLogger
 from tasks.pretrain import checkpoint as ckpt
@@ -497,6 +498,7 @@ class Trainer:
             "resumed_from_step": self.resumed_from,
             "replica_digests": digests,
             "session_seconds": time.perf_counter() - session.started,
+            "peak_memory_gib": peak_memory_gib(d.device),
         }
 
     def replica_digests(self) -> list[str] | None:
@@ -553,8 +555,18 @@ class Trainer:
             log.warning("could not log samples to MLflow: %s", e)
 
 
+def peak_memory_gib(device: torch.device) -> float:
+    """This rank's peak memory: allocated CUDA memory on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 @record
 def main(argv: list[str] | None = None) -> None:
+    rank_dies_with_agent()  # a killed pipeline takes its torchrun and ranks down with it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="run_spec.json written by tasks.pretrain.launch")
     parser.add_argument("--out", required=True, help="the stage folder (rank 0 writes into it)")

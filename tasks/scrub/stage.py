@@ -1,10 +1,11 @@
 """Stage `scrub`: replace PII in every document with `<TYPE>` placeholders, then rescan the output.
 
-Outputs: `documents/` (same ids, order, source and meta; scrubbed text), `redactions.jsonl` (`{id, pii:
-[{type, start, end}]}` offsets into the upstream text, for audits; never the PII itself) and
+Outputs: `documents/` (same order and source; scrubbed text; ids and meta strings with PII masked
+by `tasks.common.pii.mask_id`/`mask_value`: they stay unique and hold no raw PII), `redactions.jsonl`
+(`{id, pii: [{type, start, end}]}` offsets into the upstream text, for audits; never the PII itself) and
 `pii_report.json` (counts, samples with the PII masked, the leak check). The leak check reads the
 written shards back and scans them again: anything still detectable counts as `pii_left`, and the
-gate fails the flow when it exceeds `pii.max_pii_left`.
+gate fails the flow when it exceeds `scrub.max_pii_left`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from conf.scrub import ScrubConfig
 from tasks.common.artifacts import Manifest
 from tasks.common.data import Document, read_shard
 from tasks.common.jsonl import JsonlWriter
+from tasks.common.pii import mask_id, mask_value
 from tasks.common.pool import OrderedPool
+from tasks.common.progress import Progress, file_bytes, map_with_progress
 from tasks.common.shards import (
     ShardJob,
     ShardMap,
@@ -38,7 +41,7 @@ from tasks.scrub.detect import Span, placeholder, redact, scrubbed_offsets
 from tasks.scrub.parallel import batched, find_batches, worker_pool
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 2  # 2: output shard i is what input shard i became
+STAGE_VERSION = 3  # 2: output shard i is what input shard i became; 3: multi-locale detectors, ids masked
 REPORT = "pii_report.json"
 REDACTIONS = "redactions.jsonl"
 MAX_LEAK_IDS = 20
@@ -102,10 +105,11 @@ def scrub_shard(cfg: ScrubConfig, out: Path, job: ShardJob, pool: OrderedPool | 
         for batch, found in find_batches(batches, cfg, pool):
             for doc, spans in zip(batch, found, strict=True):
                 text = redact(doc.text, spans)
-                tally.add(doc.id, doc.text, text, spans, cfg)
+                doc_id = mask_id(doc.id)  # ids and meta (file names, urls) may hold PII too
+                tally.add(doc_id, doc.text, text, spans, cfg)
                 if spans:
-                    red.write({"id": doc.id, "pii": [sp.to_json() for sp in spans]})
-                writer.write(Document(doc.id, text, doc.source, doc.meta))
+                    red.write({"id": doc_id, "pii": [sp.to_json() for sp in spans]})
+                writer.write(Document(doc_id, text, doc.source, mask_value(doc.meta)))
     seconds = time.perf_counter() - started
     left, leak_ids = leak_check(writer.paths, cfg, pool)
     return ScrubPart(tally, writer.chars, left, leak_ids, seconds)
@@ -138,13 +142,17 @@ def scrub_shards(
 ) -> list[ScrubPart]:
     """In-process (no `map_shards`), the shards share one pool of `pii.workers` processes; on a cluster
     each shard is scrubbed in-process by one cluster worker. The output is the same either way."""
-    if map_shards is not None:
-        return map_shards(partial(scrub_shard, cfg.model_copy(update={"workers": 1}), out), jobs)
-    parts: list[ScrubPart] = []
-    with worker_pool(cfg) as pool:
-        for job in jobs:
-            parts.append(scrub_shard(cfg, out, job, pool))
-            log_.log_metrics({"progress/documents": sum(p.tally.docs for p in parts)}, step=job.index)
+    sizes = file_bytes([job.path for job in jobs])
+    with Progress("scrub", total=sum(sizes), log=log_) as bar:  # terminal bar, Prefect artifact, MB/s
+        if map_shards is not None:
+            fn = partial(scrub_shard, cfg.model_copy(update={"workers": 1}), out)
+            return map_with_progress(map_shards, fn, jobs, bar, sizes, docs_of=lambda p: p.tally.docs)
+        parts: list[ScrubPart] = []
+        with worker_pool(cfg) as pool:
+            for job, size in zip(jobs, sizes, strict=True):
+                parts.append(scrub_shard(cfg, out, job, pool))
+                bar.update(size, parts[-1].tally.docs)
+                log_.log_metrics({"progress/documents": sum(p.tally.docs for p in parts)}, step=job.index)
     return parts
 
 
@@ -226,6 +234,6 @@ def gate(cfg: ScrubConfig, manifest: Manifest) -> str | None:
         where = ", ".join(manifest.extra.get("leak_documents", [])[:5])
         return (
             f"the rescan of the scrubbed documents still finds {left} PII span(s) (documents {where}), "
-            f"more than pii.max_pii_left={cfg.max_pii_left}; see {REPORT} in the stage folder"
+            f"more than scrub.max_pii_left={cfg.max_pii_left}; see {REPORT} in the stage folder"
         )
     return None

@@ -1,9 +1,14 @@
-"""Stage `export`: the final model folder, its Hugging Face model card, and its MLflow registry entry.
+"""Stage `export`: the final model folder, its quantized exports, its Hugging Face model card, and its
+MLflow registry entry.
 
 The card is written only from recorded facts: the manifests of the whole lineage (the stage's inputs:
 the runner hands export every upstream stage) and the stages' MLflow runs (params = resolved configs,
 metrics), read through the `MetricLogger` the runner gives the stage, which also registers the model.
-Nothing is re-measured here, so every number in the card equals a number logged upstream.
+Nothing upstream is re-measured here, so every number in the card equals a number logged upstream; the
+only figures export measures itself are those of its quantized exports (`tasks.export.quantized`),
+logged as `export/<format>/...` metrics. The registry alias `champion` goes to the new version only
+when every gate passed (upstream gates stop the run before export; export's own is the quantization
+gate), so `models:/<name>@champion` always names a model that passed them all.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from tasks.common.artifacts import Manifest
 from tasks.common.jsonl import read_jsonl
 from tasks.common.stage import StageReport
 from tasks.common.tracking import MetricLogger, RunRecord, flatten
+from tasks.export.quantized import quantized_exports, quantized_table
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: quantized exports (int8, GGUF) and their gate
 
 DATA_STAGES = ("collect", "filter", "dedup", "scrub", "align_data")
 TRAIN_STAGES = ("tokenizer", "pretrain", "sft", "reward", "judge", "ppo")
@@ -30,6 +36,7 @@ SECTIONS = (
     "Training data",
     "Training procedure",
     "Evaluation",
+    "Quantized exports",
     "Limitations and risks",
     "Compute",
     "Lineage",
@@ -466,7 +473,13 @@ def eval_results(evaluate: Manifest | None, stages: dict[str, Manifest]) -> list
     return results
 
 
-def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, RunRecord], architecture: str):
+def build_card(
+    cfg: ExportConfig,
+    stages: dict[str, Manifest],
+    runs: dict[str, RunRecord],
+    architecture: str,
+    quantized: str = "No quantized exports were configured (export.quantize is empty).",
+):
     from huggingface_hub import ModelCard, ModelCardData
 
     evaluate = stages.get("evaluate")
@@ -495,6 +508,8 @@ def build_card(cfg: ExportConfig, stages: dict[str, Manifest], runs: dict[str, R
         training_procedure(stages, runs),
         "## Evaluation",
         evaluation(evaluate, pick_answers(evaluate, cfg.sample_answers)),
+        "## Quantized exports",
+        quantized,
         "## Limitations and risks",
         limitations(cfg, stages),
         "## Compute",
@@ -524,15 +539,24 @@ def export(cfg: ExportConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
     model = copy_policy(inputs, out / "model")
     stages = lineage(inputs)
     runs = mlflow_runs(stages, log_)
-    card = build_card(cfg, stages, runs, describe_architecture(model))
+    metrics, quant, failures = quantized_exports(cfg, inputs, out, model)
+    card = build_card(
+        cfg, stages, runs, describe_architecture(model), *quantized_section(cfg, metrics, quant, failures)
+    )
     card.save(model / "README.md")
+    log_.log_metrics(metrics)
+    for folder in ("int8", "gguf"):
+        if (out / folder).exists():
+            log_.log_artifact(out / folder, f"quantized/{folder}")
     record = lineage_record(stages)
     (out / "lineage.json").write_text(json.dumps(record, indent=2))
     log_.log_text(card.content, "export/README.md")
     log_.log_dict(record, "export/lineage.json")
 
-    extra: dict[str, Any] = {"model_dir": "model", "card": "model/README.md", "lineage": record}
+    extra: dict[str, Any] = {"model_dir": "model", "card": "model/README.md", "lineage": record, **quant}
+    extra["gate_failures"] = failures
     extra.update(register(cfg, log_, model, stages))
+    extra.update(crown(cfg, log_, extra, failures + warned_gates(stages, runs)))
     weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     return StageReport(
         counts={
@@ -540,9 +564,67 @@ def export(cfg: ExportConfig, inputs: dict[str, Manifest], out: Path, log_: Metr
             "mlflow_runs_read": len(runs),
             "weight_bytes": weights,
             "eval_results": len(card.data.eval_results or []),
+            "quantized_exports": len(quant.get("quantized", {})),
         },
+        metrics=metrics,
         extra=extra,
+        volatile=("lineage.json", "model/README.md"),  # this run's MLflow run ids and folders
     )
+
+
+def quantized_section(
+    cfg: ExportConfig, metrics: dict[str, float], quant: dict[str, Any], failures: list[str]
+) -> tuple[str, ...]:
+    """The card's "Quantized exports" section (empty tuple: build_card's default text)."""
+    if not cfg.quantize:
+        return ()
+    text = quantized_table(metrics, list(cfg.quantize), quant)
+    limits = ", ".join(f"{k} {v:.1%}" for k, v in sorted(cfg.max_ppl_increase.items()))
+    verdict = "; ".join(failures) if failures else "every format within its limit"
+    return (f"{text}\n\nGate (largest perplexity rise allowed: {limits}): {verdict}.",)
+
+
+def warned_gates(stages: dict[str, Manifest], runs: dict[str, RunRecord]) -> list[str]:
+    """Evaluate's gates, re-checked with the thresholds its MLflow run logged as params.
+
+    With `evaluate.gate_action=warn` (the tiny preset) a failed gate only warns and the pipeline goes on
+    to export; such a model is registered but is no champion. The thresholds are not in the manifest
+    (they do not change evaluate's output), hence the run's params.
+    """
+    from conf.evaluate import EvaluateConfig
+    from tasks.evaluate.gates import BOUNDS, failures
+
+    evaluate, run = stages.get("evaluate"), runs.get("evaluate")
+    if evaluate is None or run is None:
+        return []
+    params = run["params"]
+    keys = [b.key for b in BOUNDS] + ["min_margin_over_constant"]
+    update = {k: None if params[k] in ("None", "") else float(params[k]) for k in keys if k in params}
+    return failures(EvaluateConfig().model_copy(update=update), evaluate.metrics)
+
+
+def crown(
+    cfg: ExportConfig, log_: MetricLogger, extra: dict[str, Any], failures: list[str]
+) -> dict[str, Any]:
+    """Set the registry alias (`champion`) on the new version when every gate passed (`failures`: the
+    export gate's and evaluate's warned ones); says which alias, or why none."""
+    version = extra.get("registered_model_version")
+    if not cfg.champion_alias or version is None:
+        return {}
+    if failures:
+        log.warning("export: %s not set on version %s: %s", cfg.champion_alias, version, "; ".join(failures))
+        return {"alias_withheld": failures}
+    log_.set_model_alias(cfg.registered_model_name, cfg.champion_alias, int(version))
+    return {
+        "alias": cfg.champion_alias,
+        "alias_uri": f"models:/{cfg.registered_model_name}@{cfg.champion_alias}",
+    }
+
+
+def gate(cfg: ExportConfig, manifest: Manifest) -> str | None:
+    """The quantization gate: a format whose validation perplexity rose beyond its limit fails export."""
+    failures = manifest.extra.get("gate_failures") or []
+    return "; ".join(failures) or None
 
 
 def copy_policy(inputs: dict[str, Manifest], model: Path) -> Path:

@@ -1,0 +1,1 @@
+"""`lmforge serve`: an OpenAI-compatible server with guardrails and a playground page."""
