@@ -62,8 +62,9 @@ PARENT_FIGURES: dict[str, tuple[str, ...]] = {
     "judge": ("eval_accuracy", "eval_accuracy_*"),
     "ppo": ("kl_ref_eval",),
     "evaluate": ("eval/*", "lm_eval/*"),
+    "export": ("export/*/ppl_change", "export/*/token_agreement", "export/*/file_bytes"),
 }
-NAMESPACED = ("eval/", "lm_eval/")  # already unique across stages: logged under their own name
+NAMESPACED = ("eval/", "lm_eval/", "export/")  # already unique across stages: logged under their own name
 SERVER_APP = "prefect.server.api.server:create_app"  # the temporary server's uvicorn app, in its command
 
 

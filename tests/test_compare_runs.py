@@ -121,6 +121,12 @@ def test_parent_run_carries_evaluation_training_and_data_figures(tmp_path, mlflo
             {"eval_prompts": 200},
             {"eval/judge_win_rate_ppo_vs_sft": 0.56, "eval/judge_win_rate_ppo_vs_sft_ci_low": 0.5},
         ),
+        "export": result(
+            "export",
+            tmp_path,
+            {"weight_bytes": 5513688},
+            {"export/gguf_q8_0/ppl_change": -0.0003, "export/gguf_q8_0/tokens_per_s": 368.1},
+        ),
     }
     figures = parent_figures(results)
     assert figures == {
@@ -132,6 +138,7 @@ def test_parent_run_carries_evaluation_training_and_data_figures(tmp_path, mlflo
         "judge/eval_accuracy": 0.77,
         "eval/judge_win_rate_ppo_vs_sft": 0.56,
         "eval/judge_win_rate_ppo_vs_sft_ci_low": 0.5,
+        "export/gguf_q8_0/ppl_change": -0.0003,
     }
     tracker = Tracker(mlflow_uri, "parent-figures-test")
     parent = tracker.start_pipeline("figures", params={"dedup": {"threshold": 0.8}}, tags={})
