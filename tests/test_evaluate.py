@@ -17,11 +17,13 @@ from pydantic import ValidationError
 from conf.evaluate import EvaluateConfig
 from flows.stages import STAGES
 from tasks import evaluate as ev
+from tasks.common import gates
 from tasks.common.alignment import GENERIC_ANSWERS
 from tasks.common.jsonl import read_jsonl
+from tasks.common.perplexity import val_windows
 from tasks.common.stage import QualityGateError, run_stage
 from tasks.common.tracking import MetricLogger
-from tasks.evaluate import gates, lm, report, scores
+from tasks.evaluate import lm, report, scores
 from tasks.evaluate import stage as ev_stage
 from tests.eval_lineage import build_lineage, collapsed_policy
 from tests.eval_lineage import corpus as eval_corpus
@@ -354,17 +356,17 @@ def test_rouge_l():
 
 def test_val_windows_predict_every_token_once():
     tokens = np.arange(23)
-    w = lm.val_windows(tokens, block_size=5, max_tokens=100)
+    w = val_windows(tokens, block_size=5, max_tokens=100)
     assert w.shape == (4, 6)
     assert np.concatenate([w[:1, 0], w[:, 1:].reshape(-1)]).tolist() == list(range(21))
-    assert lm.val_windows(tokens, block_size=50, max_tokens=10).shape == (1, 10)
+    assert val_windows(tokens, block_size=50, max_tokens=10).shape == (1, 10)
 
 
 def test_bytes_of_predicted_tokens():
     tok = tiny_tokenizer()
     text = "Return the sum. Divide data into n intervals."
     ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    w = lm.val_windows(np.array(ids), block_size=4, max_tokens=len(ids))
+    w = val_windows(np.array(ids), block_size=4, max_tokens=len(ids))
     used = [w[0, 0], *w[:, 1:].reshape(-1)]
     expected = len(tok.decode(used, skip_special_tokens=True).encode()) - len(tok.decode(used[:1]).encode())
     assert lm.predicted_bytes(tok, w) == expected > 0

@@ -313,7 +313,7 @@ def test_a_model_that_only_warned_on_evaluates_gates_is_no_champion(exported):
         "tags": {},
     }
     assert mc.warned_gates(stages, {"evaluate": strict})[0].startswith("evaluate.min_distinct_ppo:")
-    from tasks.evaluate.gates import BOUNDS
+    from tasks.common.gates import BOUNDS
 
     off = {b.key: "None" for b in BOUNDS} | {"min_margin_over_constant": "None"}
     lenient = {"params": off, "metrics": {}, "tags": {}}

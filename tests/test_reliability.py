@@ -114,30 +114,9 @@ def test_sigkill_of_the_pipeline_takes_torchrun_and_its_ranks_down(tmp_path):
     assert wait_until(lambda: not tagged_pids(token), timeout=20), f"left over: {tagged_pids(token)}"
 
 
-def test_guard_stops_what_a_library_started_when_we_are_killed():
-    """Prefect's temporary server is started by Prefect (no preexec_fn of ours): the guard stops it."""
-    token = uuid.uuid4().hex
-    parent = spawn(
-        """
-        import subprocess, sys, time
-        from tasks.common.process import guard
-        child = subprocess.Popen(["sleep", "300"])
-        guard([child.pid])
-        print(child.pid, flush=True)
-        time.sleep(300)
-        """,
-        token,
-    )
-    assert parent.stdout is not None
-    child = int(parent.stdout.readline())
-    assert start_time(child) is not None
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    assert wait_until(lambda: not tagged_pids(token), timeout=15), f"left over: {tagged_pids(token)}"
-
-
-def test_guard_leaves_children_of_a_live_parent_alone():
-    token = uuid.uuid4().hex
+def spawn_guarded_sleeper(token: str) -> tuple[subprocess.Popen, int]:
+    """A process that starts `sleep 300` and hands it to the guard (as the runner does with Prefect's
+    server, which Prefect starts with no preexec_fn of ours); returns (process, the sleeper's pid)."""
     parent = spawn(
         """
         import subprocess, time
@@ -150,7 +129,22 @@ def test_guard_leaves_children_of_a_live_parent_alone():
         token,
     )
     assert parent.stdout is not None
-    child = int(parent.stdout.readline())
+    return parent, int(parent.stdout.readline())
+
+
+def test_guard_stops_what_a_library_started_when_we_are_killed():
+    """Prefect's temporary server is started by Prefect (no preexec_fn of ours): the guard stops it."""
+    token = uuid.uuid4().hex
+    parent, child = spawn_guarded_sleeper(token)
+    assert start_time(child) is not None
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert wait_until(lambda: not tagged_pids(token), timeout=15), f"left over: {tagged_pids(token)}"
+
+
+def test_guard_leaves_children_of_a_live_parent_alone():
+    token = uuid.uuid4().hex
+    parent, child = spawn_guarded_sleeper(token)
     time.sleep(1.0)
     assert start_time(child) is not None
     os.kill(child, signal.SIGKILL)

@@ -19,7 +19,7 @@ signals the policy never optimised against.
 - a table of sample generations under several decoding strategies, and comparison plots;
 - optionally, lm-evaluation-harness tasks (off by default: they download data).
 
-Quality gates (`tasks/evaluate/gates.py`) catch collapse and reward hacking without reading a
+Quality gates (`tasks/common/gates.py`) catch collapse and reward hacking without reading a
 self-judged number.
 """
 
@@ -90,9 +90,9 @@ def evaluate(cfg: EvaluateConfig, inputs: dict[str, Manifest], out: Path, log_: 
 
 
 def gate(cfg: EvaluateConfig, manifest: Manifest) -> str | None:
-    """Quality gates on the held-out metrics (`tasks/evaluate/gates.py`); each failure names its config
+    """Quality gates on the held-out metrics (`tasks/common/gates.py`); each failure names its config
     key, the metric and by how much it missed."""
-    from tasks.evaluate.gates import failures
+    from tasks.common.gates import failures
 
     message = "; ".join(failures(cfg, manifest.metrics)) or None
     if message and cfg.gate_action == "warn":

@@ -13,20 +13,9 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.common.generation import generation_config
+from tasks.common.perplexity import nll_sum
 
-# --- perplexity and bits per byte -------------------------------------------------------------------
-
-
-def val_windows(tokens: np.ndarray, block_size: int, max_tokens: int) -> np.ndarray:
-    """Non-overlapping windows of `block_size + 1` tokens sharing their edge token, so that every
-    token after the first is predicted exactly once. Shape (n, block_size + 1)."""
-    tokens = np.asarray(tokens[:max_tokens], dtype=np.int64)
-    if len(tokens) < 2:
-        raise ValueError(f"only {len(tokens)} validation tokens: need at least 2 to measure perplexity")
-    block = min(block_size, len(tokens) - 1)
-    n = (len(tokens) - 1) // block
-    idx = np.arange(n)[:, None] * block + np.arange(block + 1)[None, :]
-    return tokens[idx]
+# --- perplexity and bits per byte (windows and NLL: tasks/common/perplexity.py) ---------------------
 
 
 def predicted_bytes(tokenizer: PreTrainedTokenizerBase, windows: np.ndarray) -> int:
@@ -35,21 +24,6 @@ def predicted_bytes(tokenizer: PreTrainedTokenizerBase, windows: np.ndarray) -> 
     whole = tokenizer.decode(stream, skip_special_tokens=True)
     first = tokenizer.decode(stream[:1], skip_special_tokens=True)
     return len(whole.encode("utf-8")) - len(first.encode("utf-8"))
-
-
-@torch.no_grad()
-def nll_sum(model: PreTrainedModel, windows: np.ndarray, batch_size: int) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood (nats) over every window, and the tokens it covers."""
-    total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        batch = torch.as_tensor(windows[i : i + batch_size], device=model.device)
-        logits = model(input_ids=batch).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
-        )
-        total += loss.item()
-        count += batch[:, 1:].numel()
-    return total, count
 
 
 def perplexity_and_bpb(

@@ -26,9 +26,9 @@ from tasks.common.alignment import GENERIC_ANSWERS, PREF_FILES, SFT_FILES
 from tasks.common.artifacts import Manifest
 from tasks.common.generation import chat_prompt_ids, generate_batched
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.common.models import device, load_causal_lm, load_tokenizer, model_dir, tokenizer_dir
+from tasks.common.models import device, load_causal_lm, load_tokenizer, model_dir
+from tasks.common.perplexity import read_val_tokens, val_windows
 from tasks.common.stage import StageReport
-from tasks.common.tokens import INDEX_FILE, open_split
 from tasks.common.tracking import MetricLogger
 from tasks.evaluate import INPUTS, MODELS, lm, report, scores
 from tasks.evaluate.judging import alignment_metrics, judge, judge_metrics
@@ -161,18 +161,6 @@ def read_eval_data(cfg: EvaluateConfig, align: Manifest) -> EvalData:
     return EvalData(prompts_path, rows, available, pairs, train, shown)
 
 
-def read_val_tokens(tok_stage: Manifest) -> tuple[np.ndarray, Any]:
-    """The tokenizer stage's validation tokens, and the tokenizer that decodes them (for bits per byte)."""
-    tok_stage.file(INDEX_FILE)
-    shards = open_split(tok_stage.dir, "val")
-    if not shards:
-        raise ValueError(
-            f"stage tokenizer ({tok_stage.path}) wrote no validation tokens: perplexity needs some"
-        )
-    tokens = np.concatenate([np.asarray(a) for a in shards])
-    return tokens, load_tokenizer(tokenizer_dir(tok_stage), require_chat_template=False)
-
-
 # --- perplexity and sample generations, one model at a time ----------------------------------------------
 
 
@@ -207,7 +195,7 @@ def perplexity(
 ) -> tuple[float, float, dict[str, int]]:
     """(perplexity, bits per byte, counts of what was scored) over windows that fit the model's context."""
     ctx = getattr(model.config, "max_position_embeddings", None) or cfg.block_size + 1
-    windows = lm.val_windows(tokens, min(cfg.block_size, ctx - 1), cfg.max_val_tokens)
+    windows = val_windows(tokens, min(cfg.block_size, ctx - 1), cfg.max_val_tokens)
     n_bytes = lm.predicted_bytes(val_tok, windows)
     ppl, bpb = lm.perplexity_and_bpb(model, windows, n_bytes, cfg.batch_size)
     log.info(

@@ -592,7 +592,7 @@ def warned_gates(stages: dict[str, Manifest], runs: dict[str, RunRecord]) -> lis
     (they do not change evaluate's output), hence the run's params.
     """
     from conf.evaluate import EvaluateConfig
-    from tasks.evaluate.gates import BOUNDS, failures
+    from tasks.common.gates import BOUNDS, failures
 
     evaluate, run = stages.get("evaluate"), runs.get("evaluate")
     if evaluate is None or run is None:

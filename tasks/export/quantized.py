@@ -150,7 +150,7 @@ def measure(
 
     from tasks.common.generation import generate_batched, generation_config
     from tasks.common.models import torch_threads
-    from tasks.evaluate.lm import nll_sum
+    from tasks.common.perplexity import nll_sum
 
     with torch_threads(1):
         nats, count = nll_sum(model, windows, cfg.verify_batch_size)
@@ -190,15 +190,17 @@ def verification_data(
     and both within the model's `context` (a prompt keeps its end, where the answer starts)."""
     from tasks.common.alignment import SFT_FILES
     from tasks.common.generation import chat_prompt_ids
-    from tasks.evaluate.lm import val_windows
-    from tasks.evaluate.stage import read_rows, read_val_tokens
+    from tasks.common.jsonl import read_jsonl
+    from tasks.common.perplexity import read_val_tokens, val_windows
 
     for needed in ("tokenizer", "align_data"):
         if needed not in inputs:
             raise ValueError(f"export.quantize needs the {needed} stage's output to verify the exports")
     tokens, _ = read_val_tokens(inputs["tokenizer"])
     windows = val_windows(tokens, min(cfg.verify_block_size, context - 1), cfg.verify_val_tokens)
-    rows = read_rows(inputs["align_data"].file(SFT_FILES["eval"]))[: cfg.verify_prompts]
+    rows = read_jsonl(inputs["align_data"].file(SFT_FILES["eval"]))[: cfg.verify_prompts]
+    if not rows:
+        raise ValueError("export.quantize needs held-out prompts: align_data wrote no SFT eval examples")
     room = max(context - cfg.verify_max_new_tokens, 8)
     prompts = [chat_prompt_ids(tok, r["prompt"], max_tokens=min(cfg.verify_block_size, room)) for r in rows]
     return windows, prompts

@@ -1,5 +1,6 @@
 """The evaluate stage's quality gates: checks on its metrics that catch a collapsed or reward-hacked
-policy, each failure naming its config key, the metric and by how much it missed.
+policy, each failure naming its config key, the metric and by how much it missed. Shared because
+`export` re-checks them (with the thresholds evaluate logged) before it sets the `champion` alias.
 
 No gate reads a number the policy's own reward model produced (`eval/reward_*`,
 `eval/win_rate_ppo_vs_sft`): PPO optimised against that model, so its verdict is what a hacked policy
